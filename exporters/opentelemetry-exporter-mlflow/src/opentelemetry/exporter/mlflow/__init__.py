@@ -1,0 +1,1 @@
+"""OpenTelemetry metrics exporter for MLflow (delivery is being assembled; see mapping.py)."""

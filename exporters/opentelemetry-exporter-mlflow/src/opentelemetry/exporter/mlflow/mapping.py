@@ -1,0 +1,299 @@
+"""From OpenTelemetry points to MLflow rows: the one mapping the exporter and the OTLP receiver share.
+
+Both walk their own structure (SDK ``MetricsData`` in process, an OTLP
+``ExportMetricsServiceRequest`` in the receiver) into the same flat stream, and :class:`Mapper`
+turns that stream into :class:`RunBatch` es. The rules, all deterministic:
+
+Run (from resource attributes, so points arriving later through a collector land in the same run)
+    - identity: ``service.instance.id`` (one per process), stored as that run tag;
+    - experiment: ``mlflow.experiment.name``, else the mapper's default (``MLFLOW_EXPERIMENT_NAME``);
+    - run id: ``mlflow.run.id`` attaches to an existing run (``MLFLOW_RUN_ID``);
+    - run name: ``mlflow.run.name``, else ``service.name`` unless it is the SDK's
+      ``unknown_service``; ranks above 0 of a distributed job (``distributed.rank``) get their
+      own run named ``<name>-rank<N>``, tagged ``distributed.rank``.
+
+Metric key (from ``tensorboard.scalar`` exemplars)
+    - the TensorBoard tag, prefixed with ``<writer>/`` where ``<writer>`` is the last component of
+      the writer's log dir, unless TensorBoard or Lightning generated that name
+      (``runs/Nov26_15-49-00_host...``, ``lightning_logs/version_0``): so ``runs/train`` and
+      ``runs/validation`` both logging ``Loss`` give ``train/Loss`` and ``validation/Loss``,
+      and a default ``SummaryWriter()`` keeps ``Loss``;
+    - characters MLflow refuses become ``_``; empty, ``.`` and ``..`` path segments and
+      leading, trailing or doubled ``/`` are removed or replaced; a key longer than 250
+      characters keeps 241 and gains ``~`` and 8 hex digits of its SHA-1. Each rename is
+      reported once.
+
+Point
+    step = ``tensorboard.step`` (0 when absent, as TensorBoard writes it), timestamp = the
+    exemplar's time in ms (the call's wall time), value as is (NaN and infinities included).
+
+Metadata
+    every other per-point attribute (``metric_type``, user metadata such as ``dataset``) becomes
+    the run tag ``metric.<key>.<attribute>``, sent when its value changes.
+
+Hyperparameters (``tensorboard.hparam`` series)
+    run param ``<name>`` = ``str(value)`` (at most 6,000 characters), sent once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import posixpath
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+SCALAR = "tensorboard.scalar"
+HPARAM = "tensorboard.hparam"
+TAG = "tensorboard.tag"
+LOG_DIR = "tensorboard.log_dir"
+STEP = "tensorboard.step"
+HPARAM_NAME = "tensorboard.hparam.name"
+HPARAM_VALUE = "tensorboard.hparam.value"
+
+INSTANCE_ID = "service.instance.id"
+SERVICE_NAME = "service.name"
+EXPERIMENT_NAME = "mlflow.experiment.name"
+RUN_ID = "mlflow.run.id"
+RUN_NAME = "mlflow.run.name"
+RANK = "distributed.rank"
+WORLD_SIZE = "distributed.world_size"
+
+MAX_KEY = 250
+MAX_PARAM_VALUE = 6000
+MAX_TAG_VALUE = 8000
+
+_logger = logging.getLogger(__name__)
+_BAD = re.compile(r"[^/\w.\- :]")
+_GENERATED = re.compile(r"^([A-Z][a-z]{2}\d{2}_\d{2}-\d{2}-\d{2}_.*|version_\d+)$")
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """Which MLflow run a point belongs to."""
+
+    instance_id: str
+    experiment_name: str | None = None
+    run_name: str | None = None
+    run_id: str | None = None
+    rank: int | None = None
+    tags: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class RunBatch:
+    """Rows for one run, in the order the points were recorded."""
+
+    run: RunKey
+    metrics: list[tuple[str, float, int, int]] = field(default_factory=list)  # key, value, ms, step
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.metrics or self.params or self.tags)
+
+
+# A flat point: resource attributes, metric name, series attributes, value, exemplars
+# (value, time in ns, filtered attributes).
+Exemplar = tuple[float, int, Mapping[str, Any]]
+Flat = tuple[Mapping[str, Any], str, Mapping[str, Any], float, Iterable[Exemplar]]
+
+
+def mlflow_name(name: str) -> str:
+    """A name MLflow accepts for a metric, param or tag key (see the module docstring)."""
+    key = _BAD.sub("_", name)
+    parts = [part for part in key.split("/") if part]
+    parts = ["_" if part == "." else part.replace("..", "__") if part.startswith("..") else part for part in parts]
+    key = "/".join(parts) or "_"
+    if len(key) > MAX_KEY:
+        key = f"{key[: MAX_KEY - 9]}~{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    if posixpath.normpath(key) != key:  # what the rules above could not foresee
+        key = key.replace(".", "_")
+    return key
+
+
+def writer_label(log_dir: str | None) -> str | None:
+    """The prefix a writer's log dir gives its keys, or ``None`` for generated names."""
+    if not log_dir:
+        return None
+    name = posixpath.basename(log_dir.replace("\\", "/").rstrip("/"))
+    if not name or name in (".", "..") or _GENERATED.match(name):
+        return None
+    return name
+
+
+def run_key(resource: Mapping[str, Any], default_experiment: str | None = None) -> RunKey:
+    """The run identified by a resource (see the module docstring)."""
+    instance = str(resource.get(INSTANCE_ID) or "")
+    name = resource.get(RUN_NAME)
+    if not name:
+        service = str(resource.get(SERVICE_NAME) or "")
+        name = None if not service or service.startswith("unknown_service") else service
+    rank = resource.get(RANK)
+    rank = int(rank) if rank not in (None, "") else None
+    if name and rank:
+        name = f"{name}-rank{rank}"
+    tags = {INSTANCE_ID: instance}
+    for attribute in (SERVICE_NAME, RANK, WORLD_SIZE):
+        if resource.get(attribute) not in (None, ""):
+            tags[attribute] = str(resource[attribute])
+    return RunKey(
+        instance_id=instance,
+        experiment_name=str(resource.get(EXPERIMENT_NAME) or default_experiment or "") or None,
+        run_name=str(name) if name else None,
+        run_id=str(resource.get(RUN_ID) or "") or None,
+        rank=rank,
+        tags=tuple(sorted(tags.items())),
+    )
+
+
+class Mapper:
+    """Maps flat points to MLflow rows; remembers what it reported and which params/tags it sent."""
+
+    def __init__(self, default_experiment: str | None = None) -> None:
+        self.default_experiment = default_experiment
+        self._keys: dict[tuple[str, str | None], str] = {}
+        self._sent: dict[RunKey, dict[str, str]] = {}  # params and metadata tags already emitted
+        self._reported: set[str] = set()
+
+    def key(self, tag: str, log_dir: str | None) -> str:
+        cached = self._keys.get((tag, log_dir))
+        if cached is not None:
+            return cached
+        label = writer_label(log_dir)
+        wanted = f"{label}/{tag}" if label else tag
+        key = mlflow_name(wanted)
+        if key != wanted:
+            self.report(f"key:{wanted}", "MLflow does not accept the metric name %r; it is stored as %r", wanted, key)
+        self._keys[(tag, log_dir)] = key
+        return key
+
+    def report(self, what: str, message: str, *args: object) -> None:
+        """Logs ``message`` the first time ``what`` happens."""
+        if what not in self._reported:
+            self._reported.add(what)
+            _logger.warning(message, *args)
+
+    def map(self, points: Iterable[Flat]) -> list[RunBatch]:
+        batches: dict[RunKey, RunBatch] = {}
+        runs: dict[int, RunKey] = {}
+        alive: list[Mapping[str, Any]] = []  # keeps each resource's id() unique during the walk
+        for resource, name, attributes, value, exemplars in points:
+            if name != SCALAR and name != HPARAM:
+                continue
+            run = runs.get(id(resource))
+            if run is None:
+                run = runs[id(resource)] = run_key(resource, self.default_experiment)
+                alive.append(resource)
+            batch = batches.get(run)
+            if batch is None:
+                batch = batches[run] = RunBatch(run)
+            if name == SCALAR:
+                self._scalars(batch, attributes, exemplars)
+            else:
+                self._hparam(batch, attributes, value)
+        return [batch for batch in batches.values() if batch]
+
+    def _scalars(self, batch: RunBatch, attributes: Mapping[str, Any], exemplars: Iterable[Exemplar]) -> None:
+        key = self.key(str(attributes.get(TAG, "")), attributes.get(LOG_DIR))
+        append = batch.metrics.append
+        for value, time_unix_nano, extra in exemplars:
+            step = 0
+            if extra:
+                step = int(extra.get(STEP, 0))
+                if len(extra) > (STEP in extra):
+                    self._metadata(batch, key, extra)
+            append((key, float(value), time_unix_nano // 1_000_000, step))
+
+    def _metadata(self, batch: RunBatch, key: str, extra: Mapping[str, Any]) -> None:
+        sent = self._sent.setdefault(batch.run, {})
+        for attribute, value in extra.items():
+            if attribute == STEP:
+                continue
+            tag = "tag:" + mlflow_name(f"metric.{key}.{attribute}")
+            text = _text(value)[:MAX_TAG_VALUE]
+            if sent.get(tag) != text:
+                sent[tag] = text
+                batch.tags[tag[4:]] = text
+
+    def _hparam(self, batch: RunBatch, attributes: Mapping[str, Any], value: float) -> None:
+        name = attributes.get(HPARAM_NAME)
+        if name is None:
+            return
+        param = mlflow_name(str(name))
+        text = _text(attributes.get(HPARAM_VALUE, ""))
+        if len(text) > MAX_PARAM_VALUE:
+            self.report(f"param:{param}", "MLflow keeps %d characters of param %r", MAX_PARAM_VALUE, param)
+            text = text[:MAX_PARAM_VALUE]
+        sent = self._sent.setdefault(batch.run, {})
+        if sent.get("param:" + param) != text:
+            sent["param:" + param] = text
+            batch.params[param] = text
+
+    def forget(self, run: RunKey) -> None:
+        """Drops what was remembered for ``run`` (params and tags are sent again if seen again)."""
+        self._sent.pop(run, None)
+
+    # Walkers -----------------------------------------------------------------------------------
+
+    def from_sdk(self, data: Any) -> list[RunBatch]:
+        """Maps an SDK ``MetricsData`` (what a ``MetricExporter`` receives)."""
+        return self.map(_walk_sdk(data))
+
+    def from_otlp(self, request: Any) -> list[RunBatch]:
+        """Maps an OTLP ``ExportMetricsServiceRequest`` protobuf (what the receiver receives)."""
+        return self.map(_walk_otlp(request))
+
+
+def _text(value: Any) -> str:
+    return str(value)
+
+
+def _walk_sdk(data: Any) -> Iterator[Flat]:
+    for resource_metrics in data.resource_metrics:
+        resource = dict(resource_metrics.resource.attributes)
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                if metric.name != SCALAR and metric.name != HPARAM:
+                    continue
+                for point in getattr(metric.data, "data_points", ()):
+                    exemplars = ((e.value, e.time_unix_nano, e.filtered_attributes) for e in point.exemplars or ())
+                    yield resource, metric.name, point.attributes or {}, point.value, exemplars
+
+
+def _any_value(value: Any) -> Any:
+    kind = value.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return tuple(_any_value(item) for item in value.array_value.values)
+    if kind == "kvlist_value":
+        return {item.key: _any_value(item.value) for item in value.kvlist_value.values}
+    return getattr(value, kind)
+
+
+def _attributes(key_values: Iterable[Any]) -> dict[str, Any]:
+    return {item.key: _any_value(item.value) for item in key_values}
+
+
+def _number(message: Any) -> float:
+    return float(message.as_int) if message.WhichOneof("value") == "as_int" else message.as_double
+
+
+def _walk_otlp(request: Any) -> Iterator[Flat]:
+    for resource_metrics in request.resource_metrics:
+        resource = _attributes(resource_metrics.resource.attributes)
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                if metric.name != SCALAR and metric.name != HPARAM:
+                    continue
+                kind = metric.WhichOneof("data")
+                if kind not in ("gauge", "sum"):
+                    continue
+                for point in getattr(metric, kind).data_points:
+                    exemplars = (
+                        (_number(e), e.time_unix_nano, _attributes(e.filtered_attributes)) for e in point.exemplars
+                    )
+                    yield resource, metric.name, _attributes(point.attributes), _number(point), exemplars

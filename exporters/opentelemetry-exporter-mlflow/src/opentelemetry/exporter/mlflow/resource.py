@@ -1,0 +1,36 @@
+"""Resource attributes that tie a training process to its MLflow run, read from the environment.
+
+Registered as the ``mlflow`` resource detector (``OTEL_EXPERIMENTAL_RESOURCE_DETECTORS=mlflow``;
+the tensorboard distro switches it on), so the run mapping also works when the points reach MLflow
+later through a collector and tracelet's OTLP receiver, far from this process's environment.
+"""
+
+from __future__ import annotations
+
+import os
+
+from opentelemetry.sdk.resources import Resource, ResourceDetector
+
+from opentelemetry.exporter.mlflow.mapping import EXPERIMENT_NAME, RANK, RUN_ID, WORLD_SIZE
+
+_FROM_ENV = (
+    ("MLFLOW_EXPERIMENT_NAME", EXPERIMENT_NAME, str),
+    ("MLFLOW_RUN_ID", RUN_ID, str),
+    ("RANK", RANK, int),
+    ("WORLD_SIZE", WORLD_SIZE, int),
+)
+
+
+class MlflowResourceDetector(ResourceDetector):
+    """``MLFLOW_EXPERIMENT_NAME``, ``MLFLOW_RUN_ID``, ``RANK`` and ``WORLD_SIZE`` as attributes."""
+
+    def detect(self) -> Resource:
+        attributes: dict[str, str | int] = {}
+        for variable, attribute, kind in _FROM_ENV:
+            value = os.environ.get(variable, "").strip()
+            if value:
+                try:
+                    attributes[attribute] = kind(value)
+                except ValueError:
+                    continue
+        return Resource(attributes)

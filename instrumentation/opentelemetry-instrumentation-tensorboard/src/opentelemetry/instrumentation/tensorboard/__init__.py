@@ -1,0 +1,312 @@
+"""OpenTelemetry instrumentation for TensorBoard's ``SummaryWriter``.
+
+Captures the scalars a training script writes through ``torch.utils.tensorboard.SummaryWriter``
+or ``tensorboardX.SummaryWriter`` (and so through Lightning's ``TensorBoardLogger``), every step
+of them, as OpenTelemetry metrics, with no change to the script.
+
+Usage::
+
+    from opentelemetry.instrumentation.tensorboard import TensorBoardInstrumentor, views
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics._internal.exemplar import AlwaysOnExemplarFilter
+
+    provider = MeterProvider(metric_readers=[...], views=views(),
+                             exemplar_filter=AlwaysOnExemplarFilter())
+    TensorBoardInstrumentor().instrument(meter_provider=provider)
+
+or with no code at all: ``opentelemetry-instrument python train.py`` (the ``tensorboard``
+configurator sets up the views and exemplar filter; see the README).
+
+Instruments (meter ``opentelemetry.instrumentation.tensorboard``):
+
+``tensorboard.scalar`` (Gauge, float, unit ``1``)
+    One measurement per scalar point: ``add_scalar``, each key of ``add_scalars`` (tag
+    ``<main_tag>/<key>``), each metric of ``add_hparams``. Series attributes (kept by the View):
+
+    - ``tensorboard.tag`` (str): the tag as given to TensorBoard;
+    - ``tensorboard.log_dir`` (str): the writer's log dir, which tells writers apart.
+
+    Per-point attributes (dropped from the series by the View, kept on each exemplar as
+    ``filtered_attributes``):
+
+    - ``tensorboard.step`` (int): TensorBoard's ``global_step``, exactly; absent when the call
+      passed ``None`` (TensorBoard then writes step 0).
+
+    With :func:`views` and the ``always_on`` exemplar filter every point is an exemplar whose
+    ``value`` is the Python value passed (not TensorBoard's float32 copy), NaN and infinities
+    included, and whose ``time_unix_nano`` is the wall time TensorBoard wrote in the event file.
+    The data point itself holds the last value, which is what Prometheus-style backends show.
+
+``tensorboard.hparam`` (Gauge, int, always 1: an info series)
+    One series per hyperparameter of ``add_hparams`` or Lightning's ``log_hyperparams``
+    (nested dicts flattened with ``/``). Attributes: ``tensorboard.hparam.name``,
+    ``tensorboard.hparam.value`` (str, int, float or bool), ``tensorboard.log_dir``.
+
+``tensorboard.points`` (ObservableCounter, ``{point}``)
+    Points handed to OpenTelemetry so far in this process.
+
+Behaviour worth knowing:
+
+- the original call runs first; if TensorBoard raises, the same exception reaches the caller and
+  nothing is recorded; if recording fails, training goes on and one warning is logged;
+- ``add_hparams`` metrics are recorded once, under the calling writer's log dir, not through the
+  extra writer TensorBoard creates for them;
+- writers created before ``instrument()`` are captured (the methods are patched on the classes);
+- points wait in a bounded queue and become measurements when a reader collects, off the training
+  thread; a forked child (a DataLoader worker) starts with an empty queue.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import wrapt
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+from opentelemetry.instrumentation.utils import unwrap
+from opentelemetry.metrics import get_meter, get_meter_provider
+
+from opentelemetry.instrumentation.tensorboard.capture import Recorder, warn_once
+from opentelemetry.instrumentation.tensorboard.package import _instruments, _instruments_any
+from opentelemetry.instrumentation.tensorboard.version import __version__
+from opentelemetry.instrumentation.tensorboard.views import has_views, views
+
+__all__ = ["TensorBoardInstrumentor", "views"]
+
+_logger = logging.getLogger(__name__)
+
+_WRITERS = (
+    ("torch.utils.tensorboard.writer", "SummaryWriter"),
+    ("tensorboardX.writer", "SummaryWriter"),
+)
+_LIGHTNING = ("lightning_fabric.loggers.tensorboard", "lightning.fabric.loggers.tensorboard")
+
+_nested = threading.local()
+
+
+def _scalar_args(
+    tag: str, scalar_value: Any, global_step: Any = None, walltime: float | None = None, *_: Any, **__: Any
+) -> tuple[str, Any, Any, float | None]:
+    return tag, scalar_value, global_step, walltime
+
+
+def _scalars_args(
+    main_tag: str,
+    tag_scalar_dict: Mapping[str, Any],
+    global_step: Any = None,
+    walltime: float | None = None,
+    *_: Any,
+    **__: Any,
+) -> tuple[str, Mapping[str, Any], Any, float | None]:
+    return main_tag, tag_scalar_dict, global_step, walltime
+
+
+def _hparams_args(wrapped: Any, args: tuple, kwargs: dict[str, Any]) -> tuple[Mapping, Mapping, Any]:
+    # torch and tensorboardX place global_step differently; add_hparams is rare, so bind properly.
+    bound = inspect.signature(wrapped).bind(*args, **kwargs).arguments
+    return bound["hparam_dict"], bound.get("metric_dict") or {}, bound.get("global_step")
+
+
+def _with_walltime(args: tuple, kwargs: dict[str, Any], walltime: float | None) -> tuple[float, dict[str, Any]]:
+    """The wall time to record, passed on to TensorBoard so the event file and the point agree."""
+    if walltime is not None:
+        return walltime, kwargs
+    walltime = time.time()
+    if len(args) < 4:
+        kwargs = dict(kwargs)
+        kwargs["walltime"] = walltime
+    return walltime, kwargs
+
+
+def _log_dir(writer: Any) -> str | None:
+    state = writer.__dict__
+    log_dir = state.get("log_dir") or state.get("logdir")
+    return None if log_dir is None else str(log_dir)
+
+
+def _step(global_step: Any) -> int | None:
+    return None if global_step is None else int(global_step)
+
+
+def _plain(value: Any) -> str | int | float | bool:
+    """An attribute-safe hyperparameter value."""
+    if isinstance(value, (str, bool, int, float)):
+        return value
+    item = getattr(value, "item", None)
+    if callable(item):
+        try:
+            return _plain(item())
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    return str(value)
+
+
+def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}/"))
+        else:
+            flat[name] = _plain(value)
+    return flat
+
+
+class TensorBoardInstrumentor(BaseInstrumentor):
+    """Patches ``SummaryWriter`` (torch and tensorboardX) and Lightning's ``TensorBoardLogger``."""
+
+    _recorder: Recorder | None = None
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return _instruments
+
+    def _check_dependency_conflicts(self):  # noqa: ANN202 - BaseInstrumentor's signature
+        from opentelemetry.instrumentation.dependencies import get_dependency_conflicts  # noqa: PLC0415
+
+        return get_dependency_conflicts(_instruments, _instruments_any)
+
+    @property
+    def recorder(self) -> Recorder | None:
+        """Where captured points wait for the next collection (``None`` when not instrumented)."""
+        return self._recorder
+
+    def _instrument(self, **kwargs: Any) -> None:
+        provider = kwargs.get("meter_provider") or get_meter_provider()
+        if has_views(provider) is False:
+            _logger.warning(
+                "tensorboard: the MeterProvider has no tensorboard View; only the last value per "
+                "collection survives. Build it with views=opentelemetry.instrumentation.tensorboard.views() "
+                "and the always_on exemplar filter, or run under opentelemetry-instrument with "
+                "OTEL_PYTHON_CONFIGURATOR=tensorboard"
+            )
+        meter = get_meter(__name__, __version__, provider, schema_url=None)
+        recorder = Recorder(meter, max_pending=int(kwargs.get("max_pending", 100_000)))
+        TensorBoardInstrumentor._recorder = recorder
+        self._patched: list[tuple[Any, str]] = []
+
+        for module_name, class_name in _WRITERS:
+            try:
+                module = __import__(module_name, fromlist=[class_name])
+            except ImportError:
+                continue
+            writer = getattr(module, class_name)
+            self._wrap(writer, "add_scalar", _wrap_add_scalar(recorder))
+            self._wrap(writer, "add_scalars", _wrap_add_scalars(recorder))
+            self._wrap(writer, "add_hparams", _wrap_add_hparams(recorder))
+        for module_name in _LIGHTNING:
+            wrapt.register_post_import_hook(self._lightning_hook(recorder), module_name)
+
+    def _lightning_hook(self, recorder: Recorder):  # noqa: ANN202
+        def hook(module: Any) -> None:
+            if TensorBoardInstrumentor._recorder is recorder:
+                self._wrap(module.TensorBoardLogger, "log_hyperparams", _wrap_log_hyperparams(recorder))
+
+        return hook
+
+    def _wrap(self, owner: type, name: str, wrapper: Any) -> None:
+        if isinstance(owner.__dict__.get(name), wrapt.ObjectProxy):
+            return
+        wrapt.wrap_function_wrapper(owner, name, wrapper)
+        self._patched.append((owner, name))
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        for owner, name in getattr(self, "_patched", []):
+            unwrap(owner, name)
+        self._patched = []
+        recorder = TensorBoardInstrumentor._recorder
+        TensorBoardInstrumentor._recorder = None
+        if recorder is not None:
+            recorder.drain()
+
+
+def _record_failed(exc: Exception) -> None:
+    warn_once(
+        f"record:{type(exc).__name__}",
+        "tensorboard: a point could not be captured and training goes on (%s: %s); "
+        "further failures of this kind are not reported",
+        type(exc).__name__,
+        exc,
+    )
+
+
+def _wrap_add_scalar(recorder: Recorder):  # noqa: ANN202
+    def add_scalar(wrapped: Any, instance: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+        if getattr(_nested, "active", False):
+            return wrapped(*args, **kwargs)
+        tag, value, global_step, walltime = _scalar_args(*args, **kwargs)
+        walltime, kwargs = _with_walltime(args, kwargs, walltime)
+        result = wrapped(*args, **kwargs)
+        try:
+            recorder.scalar(tag, float(value), _step(global_step), walltime, _log_dir(instance))
+        except Exception as exc:  # noqa: BLE001 - capture must never break training
+            _record_failed(exc)
+        return result
+
+    return add_scalar
+
+
+def _wrap_add_scalars(recorder: Recorder):  # noqa: ANN202
+    def add_scalars(wrapped: Any, instance: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+        if getattr(_nested, "active", False):
+            return wrapped(*args, **kwargs)
+        main_tag, scalars, global_step, walltime = _scalars_args(*args, **kwargs)
+        walltime, kwargs = _with_walltime(args, kwargs, walltime)
+        result = _call_nested(wrapped, args, kwargs)
+        try:
+            step, log_dir = _step(global_step), _log_dir(instance)
+            for key, value in scalars.items():
+                recorder.scalar(f"{main_tag}/{key}", float(value), step, walltime, log_dir)
+        except Exception as exc:  # noqa: BLE001
+            _record_failed(exc)
+        return result
+
+    return add_scalars
+
+
+def _wrap_add_hparams(recorder: Recorder):  # noqa: ANN202
+    def add_hparams(wrapped: Any, instance: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+        if getattr(_nested, "active", False):
+            return wrapped(*args, **kwargs)
+        hparam_dict, metric_dict, global_step = _hparams_args(wrapped, args, kwargs)
+        walltime = time.time()
+        result = _call_nested(wrapped, args, kwargs)
+        try:
+            log_dir = _log_dir(instance)
+            recorder.hparams(_flatten(hparam_dict), log_dir)
+            step = _step(global_step)
+            for key, value in metric_dict.items():
+                recorder.scalar(str(key), float(value), step, walltime, log_dir)
+        except Exception as exc:  # noqa: BLE001
+            _record_failed(exc)
+        return result
+
+    return add_hparams
+
+
+def _wrap_log_hyperparams(recorder: Recorder):  # noqa: ANN202
+    def log_hyperparams(wrapped: Any, instance: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+        result = wrapped(*args, **kwargs)
+        try:
+            params = args[0] if args else kwargs.get("params", {})
+            if not isinstance(params, Mapping):
+                params = vars(params)
+            recorder.hparams(_flatten(params), str(instance.log_dir))
+        except Exception as exc:  # noqa: BLE001
+            _record_failed(exc)
+        return result
+
+    return log_hyperparams
+
+
+def _call_nested(wrapped: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+    """Calls ``wrapped`` with capture off: its inner ``add_scalar`` calls are recorded by us."""
+    outer = getattr(_nested, "active", False)
+    _nested.active = True
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        _nested.active = outer

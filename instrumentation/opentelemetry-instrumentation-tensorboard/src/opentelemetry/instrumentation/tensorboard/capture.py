@@ -1,0 +1,165 @@
+"""Turning captured points into OpenTelemetry measurements, off the training thread.
+
+Recording a synchronous measurement costs several microseconds (attribute copies, hashing,
+one pass per reader), a sizeable share of ``add_scalar`` itself. So the call site only appends a
+tuple to a deque; the measurements are made when a reader collects (the observable
+``tensorboard.points`` callback drains the deque first), or by the caller once more than
+``max_pending`` points wait, so memory stays bounded even without a reader. Every measurement
+carries the call's own wall time, so exemplars keep the time TensorBoard wrote, not the time of
+the collection.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from collections import deque
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from opentelemetry.context import get_current
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+SCALAR = "tensorboard.scalar"
+HPARAM = "tensorboard.hparam"
+POINTS = "tensorboard.points"
+
+TAG = "tensorboard.tag"
+LOG_DIR = "tensorboard.log_dir"
+STEP = "tensorboard.step"
+HPARAM_NAME = "tensorboard.hparam.name"
+HPARAM_VALUE = "tensorboard.hparam.value"
+
+_logger = logging.getLogger(__name__)
+
+# (value, step, wall time in ns, tag, log dir, extra per-point attributes)
+Point = tuple[float, "int | None", int, str, "str | None", "Mapping[str, Any] | None"]
+
+
+class _Once:
+    """Logs a problem the first time only: a failure per call would drown the training log."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+
+    def warn(self, key: str, message: str, *args: object) -> None:
+        if key not in self._seen:
+            self._seen.add(key)
+            _logger.warning(message, *args)
+
+
+warn_once = _Once().warn
+
+
+def _measure(instrument: Any) -> Any:
+    """The SDK's measurement entry point behind ``instrument``, or ``None``.
+
+    The API's ``set`` drops NaN and infinities (a NaN loss is the point a user most needs to see)
+    and stamps the current time; handing a ``Measurement`` to the SDK's consumer keeps both.
+    """
+    real = getattr(instrument, "_real_instrument", None) or instrument  # API proxy before the SDK
+    consumer = getattr(real, "_measurement_consumer", None)
+    if consumer is None:
+        return None
+    from opentelemetry.sdk.metrics._internal.measurement import Measurement  # noqa: PLC0415
+
+    def measure(value: float, time_unix_nano: int, attributes: Mapping[str, Any]) -> None:
+        consumer.consume_measurement(Measurement(value, time_unix_nano, real, get_current(), attributes))
+
+    return measure
+
+
+class Recorder:
+    """Holds points from the call site until OpenTelemetry takes them."""
+
+    def __init__(self, meter: Meter, max_pending: int = 100_000) -> None:
+        self.max_pending = max_pending
+        self._pending: deque[Point] = deque()
+        self._drain_lock = threading.Lock()
+        self._captured = 0
+        self._scalar = meter.create_gauge(
+            SCALAR, unit="1", description="A TensorBoard scalar; every point is an exemplar"
+        )
+        self._hparam = meter.create_gauge(
+            HPARAM, unit="1", description="A TensorBoard hyperparameter (info: always 1)"
+        )
+        self._points = meter.create_observable_counter(
+            POINTS,
+            callbacks=[self._on_collect],
+            unit="{point}",
+            description="Scalar points handed to OpenTelemetry",
+        )
+        self._measure: Any = None
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork)
+
+    def scalar(
+        self,
+        tag: str,
+        value: float,
+        step: int | None,
+        walltime: float,
+        log_dir: str | None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Keeps one point; cheap enough for the training loop."""
+        self._pending.append((value, step, int(walltime * 1e9), tag, log_dir, extra))
+        if len(self._pending) > self.max_pending:
+            self.drain()
+
+    def hparams(self, params: Mapping[str, Any], log_dir: str | None) -> None:
+        """Records hyperparameters as info series (value 1), one per name and value."""
+        for name, value in params.items():
+            attributes: dict[str, Any] = {HPARAM_NAME: str(name), HPARAM_VALUE: value}
+            if log_dir is not None:
+                attributes[LOG_DIR] = log_dir
+            self._hparam.set(1, attributes)
+
+    def drain(self) -> int:
+        """Hands every pending point to the SDK; returns how many."""
+        with self._drain_lock:
+            measure = self._measure or _measure(self._scalar)
+            self._measure = measure
+            pending = self._pending
+            count = 0
+            while pending:
+                try:
+                    value, step, wall_ns, tag, log_dir, extra = pending.popleft()
+                except IndexError:  # another thread emptied it
+                    break
+                attributes: dict[str, Any] = {TAG: tag}
+                if log_dir is not None:
+                    attributes[LOG_DIR] = log_dir
+                if step is not None:
+                    attributes[STEP] = step
+                if extra:
+                    attributes.update(extra)
+                count += 1
+                if measure is not None:
+                    measure(value, wall_ns, attributes)
+                elif math.isfinite(value):
+                    self._scalar.set(value, attributes)
+                else:
+                    warn_once(
+                        "nonfinite",
+                        "%s: this MeterProvider is not the OpenTelemetry SDK; non-finite values "
+                        "(NaN, inf) cannot be recorded and are skipped",
+                        SCALAR,
+                    )
+            self._captured += count
+            return count
+
+    def _on_collect(self, _options: CallbackOptions) -> Iterable[Observation]:
+        try:
+            self.drain()
+        except Exception:  # a collection must never fail because of one bad point
+            _logger.exception("tensorboard: could not hand points to OpenTelemetry")
+        return [Observation(self._captured)]
+
+    def _after_fork(self) -> None:
+        # A forked child (e.g. a DataLoader worker) must not send the parent's points a second time.
+        self._pending = deque()
+        self._drain_lock = threading.Lock()
+        self._captured = 0

@@ -1,0 +1,105 @@
+"""Zero-code set-up: ``opentelemetry-instrument python train.py`` with every point kept.
+
+The SDK's stock configurator builds the ``MeterProvider`` without Views and with the
+``trace_based`` exemplar filter, so only the last value per collection would survive. This
+configurator builds it with :func:`~opentelemetry.instrumentation.tensorboard.views` and the
+``always_on`` filter; everything else (exporters chosen by ``OTEL_METRICS_EXPORTER``, traces,
+logs, resource) is the SDK's own. The distro selects it and sets defaults fit for a training job.
+
+Entry points: ``opentelemetry_distro`` and ``opentelemetry_configurator``, both ``tensorboard``.
+When another distro is installed too (e.g. ``opentelemetry-distro``), choose this one with
+``OTEL_PYTHON_DISTRO=tensorboard`` or at least ``OTEL_PYTHON_CONFIGURATOR=tensorboard``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.environment_variables import (
+    OTEL_LOGS_EXPORTER,
+    OTEL_METRICS_EXPORTER,
+    OTEL_TRACES_EXPORTER,
+)
+from opentelemetry.instrumentation.distro import BaseDistro
+from opentelemetry.metrics import set_meter_provider
+from opentelemetry.sdk import _configuration
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics._internal.exemplar import AlwaysOnExemplarFilter
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+
+from opentelemetry.instrumentation.tensorboard.views import views
+
+_DETECTORS = "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS"
+OTEL_PYTHON_CONFIGURATOR = "OTEL_PYTHON_CONFIGURATOR"
+
+
+def meter_provider(readers: list[MetricReader], resource: Any = None, **kwargs: Any) -> MeterProvider:
+    """A ``MeterProvider`` that keeps every TensorBoard point (Views plus ``always_on`` exemplars)."""
+    return MeterProvider(
+        metric_readers=readers,
+        resource=resource,
+        views=views(),
+        exemplar_filter=AlwaysOnExemplarFilter(),
+        **kwargs,
+    )
+
+
+def _init_metrics(
+    exporters_or_readers: dict[str, type],
+    resource: Any = None,
+    exporter_args_map: dict | None = None,
+    meter_configurator: Any = None,
+) -> None:
+    readers: list[MetricReader] = []
+    for cls in exporters_or_readers.values():
+        args = (exporter_args_map or {}).get(cls, {})
+        if issubclass(cls, MetricReader):
+            readers.append(cls(**args))
+        else:
+            readers.append(PeriodicExportingMetricReader(cls(**args)))
+    set_meter_provider(meter_provider(readers, resource, _meter_configurator=meter_configurator))
+
+
+def default_service_name() -> str | None:
+    """The script's name (``train`` for ``train.py``), a better default than ``unknown_service``."""
+    if os.environ.get("OTEL_SERVICE_NAME") or "service.name=" in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", ""):
+        return None
+    script = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] not in ("", "-c", "-m") else ""
+    return script or None
+
+
+class TensorBoardConfigurator(_configuration._OTelSDKConfigurator):
+    """The SDK configurator, with a ``MeterProvider`` that keeps every point."""
+
+    def _configure(self, **kwargs: Any) -> None:
+        name = default_service_name()
+        if name:
+            kwargs.setdefault("resource_attributes", {}).setdefault("service.name", name)
+        stock = _configuration._init_metrics
+        _configuration._init_metrics = _init_metrics
+        try:
+            super()._configure(**kwargs)
+        finally:
+            _configuration._init_metrics = stock
+
+
+class TensorBoardDistro(BaseDistro):
+    """Defaults for a training job: metrics over OTLP, no traces or logs unless asked for."""
+
+    def _configure(self, **kwargs: Any) -> None:
+        os.environ.setdefault(OTEL_PYTHON_CONFIGURATOR, "tensorboard")
+        os.environ.setdefault(OTEL_METRICS_EXPORTER, "otlp")
+        os.environ.setdefault(OTEL_TRACES_EXPORTER, "none")
+        os.environ.setdefault(OTEL_LOGS_EXPORTER, "none")
+        os.environ.setdefault("OTEL_METRICS_EXEMPLAR_FILTER", "always_on")
+        # Resource detectors other packages register for training jobs (e.g. the MLflow exporter's
+        # run mapping) are switched on when installed.
+        if _DETECTORS not in os.environ:
+            names = {ep.name for ep in entry_points(group="opentelemetry_resource_detector")}
+            extra = [name for name in ("mlflow",) if name in names]
+            if extra:
+                os.environ[_DETECTORS] = ",".join(extra)

@@ -1,0 +1,102 @@
+"""The View that makes every TensorBoard point survive aggregation.
+
+OpenTelemetry aggregates: a gauge exports one value per series per collection. Experiment tracking
+needs every ``(step, value, wall time)``. The View below keeps only the series keys
+(``tensorboard.tag``, ``tensorboard.log_dir``) as attributes, so the number of streams stays
+tags x writers, and gives each series a reservoir that keeps every offered measurement as an
+exemplar: its value, its own time (the call's wall time) and the dropped per-point attributes
+(``tensorboard.step``, metadata) as ``filtered_attributes``. The exemplar filter must be
+``always_on`` for the reservoir to be offered anything.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics._internal.exemplar import Exemplar, ExemplarReservoir
+from opentelemetry.sdk.metrics.view import View
+from opentelemetry.util.types import Attributes
+
+from opentelemetry.instrumentation.tensorboard.capture import (
+    LOG_DIR,
+    SCALAR,
+    TAG,
+)
+
+SERIES_KEYS = frozenset({TAG, LOG_DIR})
+
+_live: weakref.WeakSet[KeepAllExemplarReservoir] = weakref.WeakSet()
+
+
+class KeepAllExemplarReservoir(ExemplarReservoir):
+    """Keeps every measurement offered between two collections.
+
+    Memory is bounded by one collection interval: ``collect`` hands everything over and starts
+    empty. The SDK calls ``offer`` outside its own lock, hence the lock here.
+    """
+
+    def __init__(self, **_: Any) -> None:
+        self._lock = threading.Lock()
+        self._offered: list[tuple[float, int, Attributes]] = []
+        _live.add(self)
+
+    def offer(self, value: float, time_unix_nano: int, attributes: Attributes, context: Context) -> None:
+        with self._lock:
+            self._offered.append((value, time_unix_nano, attributes))
+
+    def collect(self, point_attributes: Attributes) -> list[Exemplar]:
+        with self._lock:
+            offered, self._offered = self._offered, []
+        keys = point_attributes.keys() if point_attributes else ()
+        return [
+            Exemplar(
+                {k: v for k, v in attributes.items() if k not in keys} if attributes else None,
+                value,
+                time_unix_nano,
+            )
+            for value, time_unix_nano, attributes in offered
+        ]
+
+    def _after_fork(self) -> None:
+        # The parent's points are the parent's to export; a forked child starts empty and unlocked.
+        self._lock = threading.Lock()
+        self._offered = []
+
+
+def _reset_after_fork() -> None:
+    for reservoir in list(_live):
+        reservoir._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+class TensorBoardView(View):
+    """A View marked as tracelet's, so an instrumentor can tell whether a provider has it."""
+
+
+def views() -> list[View]:
+    """Views to pass to ``MeterProvider(views=...)`` for lossless TensorBoard capture."""
+    return [
+        TensorBoardView(
+            instrument_name=SCALAR,
+            attribute_keys=set(SERIES_KEYS),
+            exemplar_reservoir_factory=lambda _aggregation: KeepAllExemplarReservoir,
+        )
+    ]
+
+
+def has_views(provider: object) -> bool | None:
+    """Whether an SDK ``MeterProvider`` was built with :func:`views` (``None``: cannot tell)."""
+    if not isinstance(provider, MeterProvider):
+        return None
+    config = getattr(provider, "_sdk_config", None)
+    found: Sequence[View] = getattr(config, "views", ()) or ()
+    return any(isinstance(view, TensorBoardView) for view in found)

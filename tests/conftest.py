@@ -1,0 +1,40 @@
+"""Shared fixtures: one real ``mlflow server`` per test session, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from support.mlflow_server import MlflowServer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mlflow_env(mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> MlflowServer:
+    """Points MLflow at the session server and gives the test its own working directory."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    monkeypatch.chdir(tmp_path)
+    for name in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "OTEL_METRICS_EXPORTER", "TRACELET_BACKEND"):
+        monkeypatch.delenv(name, raising=False)
+    return mlflow_server
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a child Python process running this checkout's code."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MLFLOW_", "TRACELET_"))}
+    env.update(extra)
+    return env
