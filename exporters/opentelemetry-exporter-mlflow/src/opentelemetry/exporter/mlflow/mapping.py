@@ -33,6 +33,9 @@ Metadata
 
 Hyperparameters (``tensorboard.hparam`` series)
     run param ``<name>`` = ``str(value)`` (at most 6,000 characters), sent once.
+
+Run tags (``mlflow.run.tag`` series, an info gauge with ``mlflow.tag.name`` and ``mlflow.tag.value``)
+    run tag ``<name>`` = ``str(value)`` (at most 8,000 characters), sent when it changes.
 """
 
 from __future__ import annotations
@@ -52,6 +55,10 @@ LOG_DIR = "tensorboard.log_dir"
 STEP = "tensorboard.step"
 HPARAM_NAME = "tensorboard.hparam.name"
 HPARAM_VALUE = "tensorboard.hparam.value"
+RUN_TAG = "mlflow.run.tag"
+TAG_NAME = "mlflow.tag.name"
+TAG_VALUE = "mlflow.tag.value"
+_MAPPED = frozenset({SCALAR, HPARAM, RUN_TAG})
 
 INSTANCE_ID = "service.instance.id"
 SERVICE_NAME = "service.name"
@@ -181,7 +188,7 @@ class Mapper:
         runs: dict[int, RunKey] = {}
         alive: list[Mapping[str, Any]] = []  # keeps each resource's id() unique during the walk
         for resource, name, attributes, value, exemplars in points:
-            if name != SCALAR and name != HPARAM:
+            if name not in _MAPPED:
                 continue
             run = runs.get(id(resource))
             if run is None:
@@ -192,8 +199,10 @@ class Mapper:
                 batch = batches[run] = RunBatch(run)
             if name == SCALAR:
                 self._scalars(batch, attributes, exemplars)
-            else:
+            elif name == HPARAM:
                 self._hparam(batch, attributes, value)
+            else:
+                self._run_tag(batch, attributes)
         return [batch for batch in batches.values() if batch]
 
     def _scalars(self, batch: RunBatch, attributes: Mapping[str, Any], exemplars: Iterable[Exemplar]) -> None:
@@ -232,6 +241,17 @@ class Mapper:
             sent["param:" + param] = text
             batch.params[param] = text
 
+    def _run_tag(self, batch: RunBatch, attributes: Mapping[str, Any]) -> None:
+        name = attributes.get(TAG_NAME)
+        if name is None:
+            return
+        tag = mlflow_name(str(name))
+        text = _text(attributes.get(TAG_VALUE, ""))[:MAX_TAG_VALUE]
+        sent = self._sent.setdefault(batch.run, {})
+        if sent.get("tag:" + tag) != text:
+            sent["tag:" + tag] = text
+            batch.tags[tag] = text
+
     def forget(self, run: RunKey) -> None:
         """Drops what was remembered for ``run`` (params and tags are sent again if seen again)."""
         self._sent.pop(run, None)
@@ -256,7 +276,7 @@ def _walk_sdk(data: Any) -> Iterator[Flat]:
         resource = dict(resource_metrics.resource.attributes)
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
-                if metric.name != SCALAR and metric.name != HPARAM:
+                if metric.name not in _MAPPED:
                     continue
                 for point in getattr(metric.data, "data_points", ()):
                     exemplars = ((e.value, e.time_unix_nano, e.filtered_attributes) for e in point.exemplars or ())
@@ -287,7 +307,7 @@ def _walk_otlp(request: Any) -> Iterator[Flat]:
         resource = _attributes(resource_metrics.resource.attributes)
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
-                if metric.name != SCALAR and metric.name != HPARAM:
+                if metric.name not in _MAPPED:
                     continue
                 kind = metric.WhichOneof("data")
                 if kind not in ("gauge", "sum"):

@@ -1,0 +1,47 @@
+"""The ``tracelet`` command: send a spool left by an offline run, or receive OTLP for MLflow."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tracelet", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    upload = commands.add_parser("upload", help="send spooled points to MLflow, then remove them")
+    upload.add_argument("--spool-dir", type=Path, default=None, help="spool directory (default: the exporter's)")
+    upload.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
+
+    receive = commands.add_parser("receive", help="OTLP/HTTP receiver that writes metrics into MLflow")
+    receive.add_argument("--host", default="127.0.0.1")
+    receive.add_argument("--port", type=int, default=4319)
+    receive.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
+    receive.add_argument("--experiment", default=None, help="experiment for points whose resource names none")
+    receive.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' (or TRACELET_RECEIVER_TOKEN)")
+    receive.add_argument("--max-body", type=int, default=32 * 1024 * 1024, help="largest request body in bytes")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "upload":
+        from opentelemetry.exporter.mlflow.spool import upload_spool  # noqa: PLC0415
+
+        return upload_spool(args.spool_dir, args.tracking_uri)
+    from tracelet.receiver import serve  # noqa: PLC0415
+
+    serve(
+        host=args.host,
+        port=args.port,
+        tracking_uri=args.tracking_uri,
+        experiment=args.experiment,
+        token=args.token,
+        max_body=args.max_body,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
