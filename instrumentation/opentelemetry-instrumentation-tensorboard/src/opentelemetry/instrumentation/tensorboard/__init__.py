@@ -62,6 +62,7 @@ import inspect
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -73,7 +74,7 @@ from opentelemetry.metrics import get_meter, get_meter_provider
 from opentelemetry.instrumentation.tensorboard.capture import Recorder, warn_once
 from opentelemetry.instrumentation.tensorboard.package import _instruments, _instruments_any
 from opentelemetry.instrumentation.tensorboard.version import __version__
-from opentelemetry.instrumentation.tensorboard.views import has_views, views
+from opentelemetry.instrumentation.tensorboard.reservoir import has_views, views
 
 __all__ = ["TensorBoardInstrumentor", "views"]
 
@@ -86,6 +87,7 @@ _WRITERS = (
 _LIGHTNING = ("lightning_fabric.loggers.tensorboard", "lightning.fabric.loggers.tensorboard")
 
 _nested = threading.local()
+_recorders: weakref.WeakKeyDictionary[Any, Recorder] = weakref.WeakKeyDictionary()
 
 
 def _scalar_args(
@@ -179,12 +181,15 @@ class TensorBoardInstrumentor(BaseInstrumentor):
         if has_views(provider) is False:
             _logger.warning(
                 "tensorboard: the MeterProvider has no tensorboard View; only the last value per "
-                "collection survives. Build it with views=opentelemetry.instrumentation.tensorboard.views() "
+                "collection survives. Build it with views=opentelemetry.instrumentation.tensorboard.reservoir() "
                 "and the always_on exemplar filter, or run under opentelemetry-instrument with "
                 "OTEL_PYTHON_CONFIGURATOR=tensorboard"
             )
-        meter = get_meter(__name__, __version__, provider, schema_url=None)
-        recorder = Recorder(meter, max_pending=int(kwargs.get("max_pending", 100_000)))
+        recorder = _recorders.get(provider)
+        if recorder is None:
+            # One per provider: instruments are registered once, so a second instrument() reuses them.
+            recorder = _recorders[provider] = Recorder(get_meter(__name__, __version__, provider))
+        recorder.max_pending = int(kwargs.get("max_pending", recorder.max_pending))
         TensorBoardInstrumentor._recorder = recorder
         self._patched: list[tuple[Any, str]] = []
 

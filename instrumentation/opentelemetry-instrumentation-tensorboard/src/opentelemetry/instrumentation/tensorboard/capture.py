@@ -34,8 +34,14 @@ HPARAM_VALUE = "tensorboard.hparam.value"
 
 _logger = logging.getLogger(__name__)
 
-# (value, step, wall time in ns, tag, log dir, extra per-point attributes)
-Point = tuple[float, "int | None", int, str, "str | None", "Mapping[str, Any] | None"]
+# (value, step, wall time in seconds, tag, log dir, extra per-point attributes)
+Point = tuple[float, "int | None", float, str, "str | None", "Mapping[str, Any] | None"]
+
+
+def _nanoseconds(seconds: float) -> int:
+    """Exact to the microsecond TensorBoard's float seconds carry (``int(s * 1e9)`` is off by ~100 ns)."""
+    whole = int(seconds)
+    return whole * 1_000_000_000 + round((seconds - whole) * 1e6) * 1_000
 
 
 class _Once:
@@ -105,7 +111,7 @@ class Recorder:
         extra: Mapping[str, Any] | None = None,
     ) -> None:
         """Keeps one point; cheap enough for the training loop."""
-        self._pending.append((value, step, int(walltime * 1e9), tag, log_dir, extra))
+        self._pending.append((value, step, walltime, tag, log_dir, extra))
         if len(self._pending) > self.max_pending:
             self.drain()
 
@@ -126,7 +132,7 @@ class Recorder:
             count = 0
             while pending:
                 try:
-                    value, step, wall_ns, tag, log_dir, extra = pending.popleft()
+                    value, step, walltime, tag, log_dir, extra = pending.popleft()
                 except IndexError:  # another thread emptied it
                     break
                 attributes: dict[str, Any] = {TAG: tag}
@@ -138,7 +144,7 @@ class Recorder:
                     attributes.update(extra)
                 count += 1
                 if measure is not None:
-                    measure(value, wall_ns, attributes)
+                    measure(value, _nanoseconds(walltime), attributes)
                 elif math.isfinite(value):
                     self._scalar.set(value, attributes)
                 else:

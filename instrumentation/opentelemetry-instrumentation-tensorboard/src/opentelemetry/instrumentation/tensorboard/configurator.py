@@ -2,7 +2,7 @@
 
 The SDK's stock configurator builds the ``MeterProvider`` without Views and with the
 ``trace_based`` exemplar filter, so only the last value per collection would survive. This
-configurator builds it with :func:`~opentelemetry.instrumentation.tensorboard.views` and the
+configurator builds it with :func:`~opentelemetry.instrumentation.tensorboard.reservoir` and the
 ``always_on`` filter; everything else (exporters chosen by ``OTEL_METRICS_EXPORTER``, traces,
 logs, resource) is the SDK's own. The distro selects it and sets defaults fit for a training job.
 
@@ -13,6 +13,7 @@ When another distro is installed too (e.g. ``opentelemetry-distro``), choose thi
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from importlib.metadata import entry_points
@@ -29,9 +30,14 @@ from opentelemetry.metrics import set_meter_provider
 from opentelemetry.sdk import _configuration
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics._internal.exemplar import AlwaysOnExemplarFilter
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricReader,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
 
-from opentelemetry.instrumentation.tensorboard.views import views
+from opentelemetry.instrumentation.tensorboard.reservoir import views
 
 _DETECTORS = "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS"
 OTEL_PYTHON_CONFIGURATOR = "OTEL_PYTHON_CONFIGURATOR"
@@ -48,6 +54,25 @@ def meter_provider(readers: list[MetricReader], resource: Any = None, **kwargs: 
     )
 
 
+def console_json(data: MetricsData) -> str:
+    """The console exporter's JSON with each point's exemplars, which ``to_json`` leaves out."""
+    document = json.loads(data.to_json(indent=None))
+    for rm, rm_doc in zip(data.resource_metrics, document["resource_metrics"], strict=True):
+        for sm, sm_doc in zip(rm.scope_metrics, rm_doc["scope_metrics"], strict=True):
+            for metric, metric_doc in zip(sm.metrics, sm_doc["metrics"], strict=True):
+                points = getattr(metric.data, "data_points", ())
+                for point, point_doc in zip(points, metric_doc["data"]["data_points"], strict=True):
+                    point_doc["exemplars"] = [
+                        {
+                            "value": e.value,
+                            "time_unix_nano": e.time_unix_nano,
+                            "filtered_attributes": dict(e.filtered_attributes or {}),
+                        }
+                        for e in point.exemplars or ()
+                    ]
+    return json.dumps(document) + os.linesep
+
+
 def _init_metrics(
     exporters_or_readers: dict[str, type],
     resource: Any = None,
@@ -57,6 +82,8 @@ def _init_metrics(
     readers: list[MetricReader] = []
     for cls in exporters_or_readers.values():
         args = (exporter_args_map or {}).get(cls, {})
+        if cls is ConsoleMetricExporter:
+            args = {"formatter": console_json, **args}
         if issubclass(cls, MetricReader):
             readers.append(cls(**args))
         else:
@@ -93,6 +120,9 @@ class TensorBoardDistro(BaseDistro):
     def _configure(self, **kwargs: Any) -> None:
         os.environ.setdefault(OTEL_PYTHON_CONFIGURATOR, "tensorboard")
         os.environ.setdefault(OTEL_METRICS_EXPORTER, "otlp")
+        # This project ships the OTLP/HTTP exporter; plain "otlp" would otherwise mean gRPC.
+        if "OTEL_EXPORTER_OTLP_PROTOCOL" not in os.environ:
+            os.environ.setdefault("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf")
         os.environ.setdefault(OTEL_TRACES_EXPORTER, "none")
         os.environ.setdefault(OTEL_LOGS_EXPORTER, "none")
         os.environ.setdefault("OTEL_METRICS_EXEMPLAR_FILTER", "always_on")

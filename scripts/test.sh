@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: Python packages, the pinned OpenTelemetry Collector
+# (built once and cached outside the repository), Debian's Prometheus, then lint and pytest.
+# Every server the tests use (mlflow server, collector, Prometheus, tracelet's receiver) is
+# started by the tests themselves on 127.0.0.1 and stopped by its PID.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+python="$(scripts/setup.sh | tail -n 1)"
+scripts/build-collector.sh >/dev/null
+scripts/install-prometheus.sh >/dev/null
+bin="$(dirname "$python")"
+"$bin/ruff" check .
+"$bin/ruff" format --check .
+exec "$python" -m pytest "$@"

@@ -1,0 +1,223 @@
+"""TensorBoardInstrumentor against real torch, tensorboard and tensorboardX writers."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import tensorboardX
+import torch.utils.tensorboard
+from opentelemetry.instrumentation.tensorboard import TensorBoardInstrumentor
+from opentelemetry.instrumentation.tensorboard.configurator import meter_provider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from points import collect, event_scalars, metric
+
+WRITERS = {
+    "torch": torch.utils.tensorboard.SummaryWriter,
+    "tensorboardX": tensorboardX.SummaryWriter,
+}
+PATCHED = [(cls, name) for cls in WRITERS.values() for name in ("add_scalar", "add_scalars", "add_hparams")]
+
+
+@pytest.fixture
+def reader() -> Iterator[InMemoryMetricReader]:
+    reader = InMemoryMetricReader()
+    provider = meter_provider([reader])
+    instrumentor = TensorBoardInstrumentor()
+    instrumentor.instrument(meter_provider=provider)
+    yield reader
+    instrumentor.uninstrument()
+    provider.shutdown()
+
+
+@pytest.fixture(params=sorted(WRITERS))
+def writer_cls(request: pytest.FixtureRequest) -> type:
+    return WRITERS[request.param]
+
+
+def test_add_scalar_forms_match_the_event_file(reader, writer_cls, tmp_path: Path) -> None:
+    writer = writer_cls(str(tmp_path))
+    writer.add_scalar("plain", 0.1, 1)
+    writer.add_scalar("walltime", 0.2, 2, walltime=1_700_000_000.25)
+    writer.add_scalar("no_step", 0.3)
+    writer.add_scalar("tensor_step", 0.4, torch.tensor(7))
+    writer.add_scalar("tensor_value", torch.tensor(0.5), 8)
+    if writer_cls is WRITERS["torch"]:
+        writer.add_scalar("new_style", 0.6, 9, new_style=True)
+        writer.add_scalar("double", 0.7, 10, double_precision=True, new_style=True)
+    writer.close()
+
+    captured = {p.tag: p for p in collect(reader)}
+    written = {tag: (step, value, wall) for tag, step, value, wall in event_scalars(tmp_path)}
+    assert set(captured) == set(written)
+    for tag, (step, value, wall) in written.items():
+        point = captured[tag]
+        assert point.log_dir == str(tmp_path)
+        assert (point.step if point.step is not None else 0) == step, tag
+        # TensorBoard keeps float32 by default; the point keeps the Python value.
+        assert point.value == pytest.approx(value, rel=1e-6), tag
+        assert point.time_ns == int(wall * 1e9) or abs(point.time_ns / 1e9 - wall) < 1e-6, tag
+    assert captured["no_step"].step is None
+    assert captured["plain"].value == 0.1  # not float32's 0.10000000149
+    assert captured["walltime"].time_ns == 1_700_000_000_250_000_000
+
+
+def test_add_scalars_names_each_key(reader, writer_cls, tmp_path: Path) -> None:
+    writer = writer_cls(str(tmp_path))
+    for step in range(3):
+        writer.add_scalars("loss", {"train": step * 1.0, "val": step * 2.0}, step)
+    writer.close()
+    got = sorted((p.tag, p.step, p.value, p.log_dir) for p in collect(reader))
+    expected = sorted(
+        (f"loss/{key}", step, step * factor, str(tmp_path)) for step in range(3) for key, factor in (("train", 1), ("val", 2))
+    )
+    assert got == expected
+
+
+def test_add_hparams_records_params_and_metrics_once(reader, writer_cls, tmp_path: Path) -> None:
+    writer = writer_cls(str(tmp_path))
+    writer.add_hparams({"lr": 0.01, "optimizer": "adam", "layers": 3, "bn": True}, {"hp/accuracy": 0.93}, global_step=5)
+    writer.close()
+    data = reader.get_metrics_data()
+    params = {
+        p.attributes["tensorboard.hparam.name"]: p.attributes["tensorboard.hparam.value"]
+        for p in metric(data, "tensorboard.hparam")
+    }
+    assert params == {"lr": 0.01, "optimizer": "adam", "layers": 3, "bn": True}
+    from points import points  # noqa: PLC0415
+
+    captured = points(data)
+    assert [(p.tag, p.step, p.value, p.log_dir) for p in captured] == [("hp/accuracy", 5, 0.93, str(tmp_path))]
+
+
+def test_writer_created_before_instrument_and_several_writers(writer_cls, tmp_path: Path) -> None:
+    early = writer_cls(str(tmp_path / "train"))
+    reader = InMemoryMetricReader()
+    provider = meter_provider([reader])
+    instrumentor = TensorBoardInstrumentor()
+    instrumentor.instrument(meter_provider=provider)
+    try:
+        late = writer_cls(str(tmp_path / "validation"))
+        for step in range(4):
+            early.add_scalar("Loss", 1.0 / (step + 1), step)
+            late.add_scalar("Loss", 2.0 / (step + 1), step)
+        got = sorted((p.log_dir, p.step, p.value) for p in collect(reader))
+        assert got == sorted(
+            [(str(tmp_path / "train"), s, 1.0 / (s + 1)) for s in range(4)]
+            + [(str(tmp_path / "validation"), s, 2.0 / (s + 1)) for s in range(4)]
+        )
+    finally:
+        instrumentor.uninstrument()
+        provider.shutdown()
+
+
+def test_hundred_thousand_points_between_two_collections(reader, tmp_path: Path) -> None:
+    writer = tensorboardX.SummaryWriter(str(tmp_path), write_to_disk=False)
+    calls = 100_000
+    for step in range(calls):
+        writer.add_scalar("loss", step * 0.25, step, walltime=1_600_000_000 + step)
+    captured = collect(reader)
+    assert len(captured) == calls
+    assert [(p.step, p.value, p.time_ns) for p in captured] == [
+        (step, step * 0.25, (1_600_000_000 + step) * 10**9) for step in range(calls)
+    ]
+    assert collect(reader) == []  # the next collection starts empty
+
+
+def test_non_finite_values_arrive(reader, writer_cls, tmp_path: Path) -> None:
+    writer = writer_cls(str(tmp_path))
+    for step, value in enumerate([1.0, math.nan, math.inf, -math.inf, 2.0]):
+        writer.add_scalar("loss", value, step)
+    writer.close()
+    values = [p.value for p in sorted(collect(reader), key=lambda p: p.step)]
+    assert values[0] == 1.0 and math.isnan(values[1]) and values[2:] == [math.inf, -math.inf, 2.0]
+
+
+def test_streams_do_not_grow_with_steps(reader, tmp_path: Path) -> None:
+    writers = [tensorboardX.SummaryWriter(str(tmp_path / name), write_to_disk=False) for name in ("a", "b")]
+    tags = ["loss", "acc", "lr"]
+
+    def log(steps: range) -> int:
+        for step in steps:
+            for writer in writers:
+                for tag in tags:
+                    writer.add_scalar(tag, step, step)
+        return len(metric(reader.get_metrics_data(), "tensorboard.scalar"))
+
+    assert log(range(10)) == len(tags) * len(writers)
+    assert log(range(10, 3_000)) == len(tags) * len(writers)
+
+
+def test_uninstrument_restores_methods_exactly() -> None:
+    originals = {(cls, name): cls.__dict__[name] for cls, name in PATCHED}
+    instrumentor = TensorBoardInstrumentor()
+    provider = meter_provider([InMemoryMetricReader()])
+    instrumentor.instrument(meter_provider=provider)
+    assert all(cls.__dict__[name] is not originals[(cls, name)] for cls, name in PATCHED)
+    instrumentor.uninstrument()
+    assert all(cls.__dict__[name] is originals[(cls, name)] for cls, name in PATCHED)
+    provider.shutdown()
+
+
+def test_second_instrument_does_not_double_capture(reader, tmp_path: Path) -> None:
+    TensorBoardInstrumentor().instrument()  # already instrumented: a warning, no second wrapper
+    writer = tensorboardX.SummaryWriter(str(tmp_path), write_to_disk=False)
+    writer.add_scalar("once", 1.0, 1)
+    assert [(p.tag, p.step) for p in collect(reader)] == [("once", 1)]
+
+
+def test_eight_threads_lose_nothing(reader, tmp_path: Path) -> None:
+    writer = torch.utils.tensorboard.SummaryWriter(str(tmp_path))
+    per_thread = 2_000
+    barrier = threading.Barrier(8)
+
+    def work(n: int) -> None:
+        barrier.wait()
+        for step in range(per_thread):
+            writer.add_scalar(f"thread{n}", n * 10_000 + step, step)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    collected = []
+    for thread in threads:
+        thread.start()
+    while any(t.is_alive() for t in threads):
+        collected += collect(reader)  # collections race with the writers
+    collected += collect(reader)
+    writer.close()
+    assert len(collected) == 8 * per_thread
+    for n in range(8):
+        mine = [p for p in collected if p.tag == f"thread{n}"]
+        assert [(p.step, p.value) for p in mine] == [(s, n * 10_000 + s) for s in range(per_thread)]
+
+
+def test_tensorboard_error_reaches_caller_and_records_nothing(reader, writer_cls, tmp_path: Path) -> None:
+    writer = writer_cls(str(tmp_path))
+    with pytest.raises(Exception) as raised:  # noqa: PT011 - whatever TensorBoard raises
+        writer.add_scalar("bad", "not a number", 1)
+    plain = writer_cls(str(tmp_path / "plain"))
+    TensorBoardInstrumentor().uninstrument()
+    with pytest.raises(type(raised.value)):
+        plain.add_scalar("bad", "not a number", 1)
+    assert collect(reader) == []
+
+
+def test_capture_failure_warns_once_and_training_goes_on(reader, tmp_path: Path, monkeypatch, caplog) -> None:
+    recorder = TensorBoardInstrumentor().recorder
+    assert recorder is not None
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(recorder, "scalar", broken)
+    writer = tensorboardX.SummaryWriter(str(tmp_path))
+    with caplog.at_level(logging.WARNING):
+        for step in range(100):
+            writer.add_scalar("loss", 1.0, step)
+    writer.close()
+    warnings = [r for r in caplog.records if "disk on fire" in r.getMessage()]
+    assert len(warnings) == 1
+    assert len(event_scalars(tmp_path)) == 100  # TensorBoard itself got every call
