@@ -18,9 +18,10 @@ import statistics
 import tempfile
 import time
 
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
 from opentelemetry.instrumentation.tensorboard import TensorBoardInstrumentor
 from opentelemetry.instrumentation.tensorboard.configurator import meter_provider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 
 def writer_class(kind: str) -> type:

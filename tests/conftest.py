@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support.mlflow_server import MlflowServer  # noqa: E402
+from support.mlflow_server import MlflowServer
 
 ROOT = Path(__file__).resolve().parents[1]
 

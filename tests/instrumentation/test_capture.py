@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import tensorboardX
 import torch.utils.tensorboard
-from opentelemetry.instrumentation.tensorboard import TensorBoardInstrumentor
-from opentelemetry.instrumentation.tensorboard.configurator import meter_provider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from points import collect, event_scalars, metric
+
+from opentelemetry.instrumentation.tensorboard import TensorBoardInstrumentor
+from opentelemetry.instrumentation.tensorboard.configurator import meter_provider
 
 WRITERS = {
     "torch": torch.utils.tensorboard.SummaryWriter,
@@ -73,7 +74,9 @@ def test_add_scalars_names_each_key(reader, writer_cls, tmp_path: Path) -> None:
     writer.close()
     got = sorted((p.tag, p.step, p.value, p.log_dir) for p in collect(reader))
     expected = sorted(
-        (f"loss/{key}", step, step * factor, str(tmp_path)) for step in range(3) for key, factor in (("train", 1), ("val", 2))
+        (f"loss/{key}", step, step * factor, str(tmp_path))
+        for step in range(3)
+        for key, factor in (("train", 1), ("val", 2))
     )
     assert got == expected
 
@@ -196,7 +199,7 @@ def test_eight_threads_lose_nothing(reader, tmp_path: Path) -> None:
 
 def test_tensorboard_error_reaches_caller_and_records_nothing(reader, writer_cls, tmp_path: Path) -> None:
     writer = writer_cls(str(tmp_path))
-    with pytest.raises(Exception) as raised:  # noqa: PT011 - whatever TensorBoard raises
+    with pytest.raises(Exception) as raised:
         writer.add_scalar("bad", "not a number", 1)
     plain = writer_cls(str(tmp_path / "plain"))
     TensorBoardInstrumentor().uninstrument()

@@ -15,8 +15,6 @@ from pathlib import Path
 import pytest
 import tensorboardX
 import torch
-from opentelemetry.instrumentation.tensorboard import TensorBoardInstrumentor, views
-from opentelemetry.instrumentation.tensorboard.configurator import meter_provider
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.sdk.metrics.export import (
     InMemoryMetricReader,
@@ -26,8 +24,11 @@ from opentelemetry.sdk.metrics.export import (
 )
 from points import collect, event_scalars, metric, points
 
+from opentelemetry.instrumentation.tensorboard import TensorBoardInstrumentor, views
+from opentelemetry.instrumentation.tensorboard.configurator import meter_provider
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import subprocess_env  # noqa: E402
+from conftest import subprocess_env
 
 BIN = Path(sys.executable).parent
 
@@ -66,8 +67,14 @@ def test_lightning_trainer_fit(reader, tmp_path: Path) -> None:
     data = torch.utils.data.TensorDataset(torch.randn(64, 8), torch.randint(0, 2, (64,)))
     logger = TensorBoardLogger(str(tmp_path), name="tiny")
     trainer = pl.Trainer(
-        max_epochs=2, logger=logger, log_every_n_steps=1, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
+        max_epochs=2,
+        logger=logger,
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
     )
     trainer.fit(Tiny(), torch.utils.data.DataLoader(data, batch_size=8))
 
@@ -77,8 +84,10 @@ def test_lightning_trainer_fit(reader, tmp_path: Path) -> None:
     assert [(t, s) for t, s, _ in captured] == [(t, s) for t, s, _ in written]
     assert all(c[2] == pytest.approx(w[2], rel=1e-6) for c, w in zip(captured, written, strict=True))
     assert len([c for c in captured if c[0] == "train_loss"]) == 16  # 8 batches x 2 epochs, every step
-    params = {p.attributes["tensorboard.hparam.name"]: p.attributes["tensorboard.hparam.value"]
-              for p in metric(data_out, "tensorboard.hparam")}
+    params = {
+        p.attributes["tensorboard.hparam.name"]: p.attributes["tensorboard.hparam.value"]
+        for p in metric(data_out, "tensorboard.hparam")
+    }
     assert params == {"lr": 0.05, "hidden": 4}
     assert {p.log_dir for p in points(data_out)} == {logger.log_dir}
 
@@ -139,9 +148,7 @@ def test_forked_dataloader_workers_neither_deadlock_nor_duplicate(tmp_path: Path
         thread.start()
         seen = []
         for _epoch in range(4):
-            loader = torch.utils.data.DataLoader(
-                _Probe(), batch_size=2, num_workers=2, multiprocessing_context="fork"
-            )
+            loader = torch.utils.data.DataLoader(_Probe(), batch_size=2, num_workers=2, multiprocessing_context="fork")
             seen += [row for batch in loader for row in batch.tolist()]
         stop.set()
         thread.join()
@@ -188,7 +195,11 @@ writer.close()
 def _instrumented(script: Path, log_dir: Path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(BIN / "opentelemetry-instrument"), sys.executable, str(script), str(log_dir)],
-        env=subprocess_env(**env), capture_output=True, text=True, timeout=300, check=False,
+        env=subprocess_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
 
 
@@ -212,7 +223,9 @@ def test_zero_code_console(tmp_path: Path) -> None:
                         continue
                     for point in m["data"]["data_points"]:
                         tag = point["attributes"]["tensorboard.tag"]
-                        rows += [(tag, e["filtered_attributes"]["tensorboard.step"], e["value"]) for e in point["exemplars"]]
+                        rows += [
+                            (tag, e["filtered_attributes"]["tensorboard.step"], e["value"]) for e in point["exemplars"]
+                        ]
     nan = [r for r in rows if r[1] == 500]
     assert len(nan) == 1 and nan[0][2] != nan[0][2]
     assert sorted(r for r in rows if r[1] != 500) == _expected()
@@ -223,7 +236,7 @@ class _OtlpSink(BaseHTTPRequestHandler):
 
     requests: list[ExportMetricsServiceRequest] = []
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         if self.headers.get("Content-Encoding") == "gzip":
             body = gzip.decompress(body)
@@ -245,7 +258,9 @@ def test_zero_code_otlp(tmp_path: Path) -> None:
         script = tmp_path / "train.py"
         script.write_text(TRAIN)
         done = _instrumented(
-            script, tmp_path / "runs", OTEL_METRICS_EXPORTER="otlp",
+            script,
+            tmp_path / "runs",
+            OTEL_METRICS_EXPORTER="otlp",
             OTEL_EXPORTER_OTLP_METRICS_ENDPOINT=f"http://127.0.0.1:{server.server_port}/v1/metrics",
         )
         assert done.returncode == 0, done.stderr[-3000:]

@@ -73,8 +73,8 @@ from opentelemetry.metrics import get_meter, get_meter_provider
 
 from opentelemetry.instrumentation.tensorboard.capture import Recorder, warn_once
 from opentelemetry.instrumentation.tensorboard.package import _instruments, _instruments_any
-from opentelemetry.instrumentation.tensorboard.version import __version__
 from opentelemetry.instrumentation.tensorboard.reservoir import has_views, views
+from opentelemetry.instrumentation.tensorboard.version import __version__
 
 __all__ = ["TensorBoardInstrumentor", "views"]
 
@@ -166,7 +166,7 @@ class TensorBoardInstrumentor(BaseInstrumentor):
     def instrumentation_dependencies(self) -> Collection[str]:
         return _instruments
 
-    def _check_dependency_conflicts(self):  # noqa: ANN202 - BaseInstrumentor's signature
+    def _check_dependency_conflicts(self):
         from opentelemetry.instrumentation.dependencies import get_dependency_conflicts  # noqa: PLC0415
 
         return get_dependency_conflicts(_instruments, _instruments_any)
@@ -205,7 +205,7 @@ class TensorBoardInstrumentor(BaseInstrumentor):
         for module_name in _LIGHTNING:
             wrapt.register_post_import_hook(self._lightning_hook(recorder), module_name)
 
-    def _lightning_hook(self, recorder: Recorder):  # noqa: ANN202
+    def _lightning_hook(self, recorder: Recorder):
         def hook(module: Any) -> None:
             if TensorBoardInstrumentor._recorder is recorder:
                 self._wrap(module.TensorBoardLogger, "log_hyperparams", _wrap_log_hyperparams(recorder))
@@ -238,7 +238,7 @@ def _record_failed(exc: Exception) -> None:
     )
 
 
-def _wrap_add_scalar(recorder: Recorder):  # noqa: ANN202
+def _wrap_add_scalar(recorder: Recorder):
     def add_scalar(wrapped: Any, instance: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
         if getattr(_nested, "active", False):
             return wrapped(*args, **kwargs)
@@ -254,7 +254,7 @@ def _wrap_add_scalar(recorder: Recorder):  # noqa: ANN202
     return add_scalar
 
 
-def _wrap_add_scalars(recorder: Recorder):  # noqa: ANN202
+def _wrap_add_scalars(recorder: Recorder):
     def add_scalars(wrapped: Any, instance: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
         if getattr(_nested, "active", False):
             return wrapped(*args, **kwargs)
@@ -272,7 +272,7 @@ def _wrap_add_scalars(recorder: Recorder):  # noqa: ANN202
     return add_scalars
 
 
-def _wrap_add_hparams(recorder: Recorder):  # noqa: ANN202
+def _wrap_add_hparams(recorder: Recorder):
     def add_hparams(wrapped: Any, instance: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
         if getattr(_nested, "active", False):
             return wrapped(*args, **kwargs)
@@ -292,7 +292,7 @@ def _wrap_add_hparams(recorder: Recorder):  # noqa: ANN202
     return add_hparams
 
 
-def _wrap_log_hyperparams(recorder: Recorder):  # noqa: ANN202
+def _wrap_log_hyperparams(recorder: Recorder):
     def log_hyperparams(wrapped: Any, instance: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
         result = wrapped(*args, **kwargs)
         try:

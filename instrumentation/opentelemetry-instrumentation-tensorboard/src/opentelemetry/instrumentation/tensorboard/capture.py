@@ -88,9 +88,7 @@ class Recorder:
         self._scalar = meter.create_gauge(
             SCALAR, unit="1", description="A TensorBoard scalar; every point is an exemplar"
         )
-        self._hparam = meter.create_gauge(
-            HPARAM, unit="1", description="A TensorBoard hyperparameter (info: always 1)"
-        )
+        self._hparam = meter.create_gauge(HPARAM, unit="1", description="A TensorBoard hyperparameter (info: always 1)")
         self._points = meter.create_observable_counter(
             POINTS,
             callbacks=[self._on_collect],
