@@ -20,7 +20,7 @@ Metric key (from ``tensorboard.scalar`` exemplars)
       and a default ``SummaryWriter()`` keeps ``Loss``;
     - characters MLflow refuses become ``_``; empty, ``.`` and ``..`` path segments and
       leading, trailing or doubled ``/`` are removed or replaced; a key longer than 250
-      characters keeps 241 and gains ``~`` and 8 hex digits of its SHA-1. Each rename is
+      characters keeps 241 and gains ``-`` and 8 hex digits of its SHA-1. Each rename is
       reported once.
 
 Point
@@ -115,7 +115,7 @@ def mlflow_name(name: str) -> str:
     parts = ["_" if part == "." else part.replace("..", "__") if part.startswith("..") else part for part in parts]
     key = "/".join(parts) or "_"
     if len(key) > MAX_KEY:
-        key = f"{key[: MAX_KEY - 9]}~{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+        key = f"{key[: MAX_KEY - 9]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
     if posixpath.normpath(key) != key:  # what the rules above could not foresee
         key = key.replace(".", "_")
     return key

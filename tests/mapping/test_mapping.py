@@ -1,0 +1,147 @@
+"""The OpenTelemetry -> MLflow mapping rules (pure logic: in-memory reader, no server)."""
+
+from __future__ import annotations
+
+import math
+import posixpath
+import re
+
+import pytest
+import tensorboardX
+from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.resources import Resource
+
+from opentelemetry.exporter.mlflow.mapping import Mapper, mlflow_name, run_key, writer_label
+from opentelemetry.instrumentation.tensorboard import TensorBoardInstrumentor
+from opentelemetry.instrumentation.tensorboard.configurator import meter_provider
+
+MLFLOW_NAME = re.compile(r"^[/\w.\- :]*$")
+
+
+def acceptable(key: str) -> bool:
+    """MLflow's own checks: allowed characters, length, and no path that resolves elsewhere."""
+    norm = posixpath.normpath(key)
+    return bool(MLFLOW_NAME.match(key)) and len(key) <= 250 and norm == key and not norm.startswith((".", "/"))
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("Loss/train", "Loss/train"),
+        ("loss (λ=0.1)", "loss _λ_0.1_"),
+        ("a//b", "a/b"),
+        ("/lead/", "lead"),
+        ("x/../y", "x/__/y"),
+        ("./x", "_/x"),
+        ("..hidden", "__hidden"),
+        ("", "_"),
+        ("acc@top#1", "acc_top_1"),
+    ],
+)
+def test_mlflow_name(name: str, expected: str) -> None:
+    assert mlflow_name(name) == expected
+    assert acceptable(mlflow_name(name))
+
+
+def test_long_names_keep_a_distinguishing_hash() -> None:
+    first, second = "x" * 300 + "a", "x" * 300 + "b"
+    assert len(mlflow_name(first)) == 250
+    assert mlflow_name(first) != mlflow_name(second)
+    assert mlflow_name(first) == mlflow_name(first)
+    assert acceptable(mlflow_name(first))
+
+
+@pytest.mark.parametrize(
+    ("log_dir", "label"),
+    [
+        ("runs/train", "train"),
+        ("runs/validation/", "validation"),
+        ("runs/Nov26_15-49-00_myhost", None),
+        ("runs/Nov26_15-49-00_myhostLR_0.1", None),
+        ("lightning_logs/version_3", None),
+        (None, None),
+    ],
+)
+def test_writer_label(log_dir: str | None, label: str | None) -> None:
+    assert writer_label(log_dir) == label
+
+
+def test_run_key_from_resource() -> None:
+    base = {"service.instance.id": "abc", "service.name": "train"}
+    assert run_key(base).run_name == "train"
+    assert run_key({**base, "mlflow.run.name": "mine"}).run_name == "mine"
+    assert run_key({**base, "service.name": "unknown_service:python"}).run_name is None
+    assert run_key({**base, "distributed.rank": 2}).run_name == "train-rank2"
+    assert run_key({**base, "distributed.rank": 0}).run_name == "train"
+    assert run_key(base, default_experiment="exp").experiment_name == "exp"
+    assert run_key({**base, "mlflow.experiment.name": "mine"}, "exp").experiment_name == "mine"
+    assert dict(run_key(base).tags)["service.instance.id"] == "abc"
+
+
+@pytest.fixture
+def captured(tmp_path):
+    reader = InMemoryMetricReader()
+    provider = meter_provider([reader], Resource.create({"service.name": "train", "mlflow.experiment.name": "e"}))
+    instrumentor = TensorBoardInstrumentor()
+    instrumentor.instrument(meter_provider=provider)
+    train = tensorboardX.SummaryWriter(str(tmp_path / "train"), write_to_disk=False)
+    val = tensorboardX.SummaryWriter(str(tmp_path / "validation"), write_to_disk=False)
+    for step in range(3):
+        train.add_scalar("Loss", 1.0 / (step + 1), step, walltime=1000.0 + step)
+        val.add_scalar("Loss", math.nan if step == 1 else 2.0, step, walltime=2000.5 + step)
+    train.add_scalar("bad#tag", 1.0, 0, walltime=3000.0)
+    train.add_hparams({"lr": 0.1, "nested": {"depth": 2}}, {"hp/acc": 0.5}, global_step=9)
+    yield reader.get_metrics_data()
+    instrumentor.uninstrument()
+    provider.shutdown()
+
+
+def test_points_map_to_keys_steps_and_times(captured) -> None:
+    (batch,) = Mapper().from_sdk(captured)
+    assert batch.run.run_name == "train"
+    assert batch.run.experiment_name == "e"
+    rows = {(key, step): (value, ms) for key, value, ms, step in batch.metrics}
+    assert rows[("train/Loss", 0)] == (1.0, 1_000_000)
+    assert rows[("train/Loss", 2)] == (1.0 / 3, 1_002_000)
+    assert rows[("validation/Loss", 0)] == (2.0, 2_000_500)
+    assert math.isnan(rows[("validation/Loss", 1)][0])
+    assert ("train/bad_tag", 0) in rows
+    assert rows[("train/hp/acc", 9)][0] == 0.5
+    assert len(batch.metrics) == 8
+    assert batch.params == {"lr": "0.1", "nested/depth": "2"}
+
+
+def test_otlp_and_sdk_paths_map_identically(captured) -> None:
+    from_sdk = Mapper().from_sdk(captured)
+    from_otlp = Mapper().from_otlp(encode_metrics(captured))
+    assert len(from_sdk) == len(from_otlp) == 1
+    sdk, otlp = from_sdk[0], from_otlp[0]
+    assert sdk.run == otlp.run
+    assert sdk.params == otlp.params
+    same = [
+        a[0] == b[0] and a[2:] == b[2:] and (a[1] == b[1] or (math.isnan(a[1]) and math.isnan(b[1])))
+        for a, b in zip(sdk.metrics, otlp.metrics, strict=True)
+    ]
+    assert all(same)
+
+
+def test_params_and_metadata_are_sent_when_they_change(tmp_path) -> None:
+    reader = InMemoryMetricReader()
+    provider = meter_provider([reader])
+    meter = provider.get_meter("tracelet")
+    from opentelemetry.instrumentation.tensorboard.capture import Recorder
+
+    recorder = Recorder(meter)
+    mapper = Mapper()
+    recorder.hparams({"lr": 0.1}, None)
+    recorder.scalar("acc", 0.9, 1, 10.0, None, {"dataset": "validation", "metric_type": "accuracy"})
+    (first,) = mapper.from_sdk(reader.get_metrics_data())
+    assert first.params == {"lr": "0.1"}
+    assert first.tags == {"metric.acc.dataset": "validation", "metric.acc.metric_type": "accuracy"}
+    recorder.scalar("acc", 0.95, 2, 11.0, None, {"dataset": "test", "metric_type": "accuracy"})
+    (second,) = mapper.from_sdk(reader.get_metrics_data())
+    assert second.params == {}  # already sent; the info series is exported again
+    assert second.tags == {"metric.acc.dataset": "test"}
+    assert [(k, v, s) for k, v, _, s in second.metrics] == [("acc", 0.95, 2)]
+    provider.shutdown()
