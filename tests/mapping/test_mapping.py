@@ -14,6 +14,7 @@ from opentelemetry.sdk.resources import Resource
 
 from opentelemetry.exporter.mlflow.mapping import Mapper, mlflow_name, run_key, writer_label
 from opentelemetry.instrumentation.tensorboard import TensorBoardInstrumentor
+from opentelemetry.instrumentation.tensorboard.capture import Recorder
 from opentelemetry.instrumentation.tensorboard.configurator import meter_provider
 
 MLFLOW_NAME = re.compile(r"^[/\w.\- :]*$")
@@ -130,8 +131,6 @@ def test_params_and_metadata_are_sent_when_they_change(tmp_path) -> None:
     reader = InMemoryMetricReader()
     provider = meter_provider([reader])
     meter = provider.get_meter("tracelet")
-    from opentelemetry.instrumentation.tensorboard.capture import Recorder
-
     recorder = Recorder(meter)
     mapper = Mapper()
     recorder.hparams({"lr": 0.1}, None)
