@@ -212,10 +212,11 @@ def test_capture_failure_warns_once_and_training_goes_on(reader, tmp_path: Path,
     recorder = TensorBoardInstrumentor().recorder
     assert recorder is not None
 
-    def broken(*_args, **_kwargs):
-        raise RuntimeError("disk on fire")
+    class Broken:
+        def append(self, _point):
+            raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(recorder, "scalar", broken)
+    monkeypatch.setattr(recorder, "_pending", Broken())
     writer = tensorboardX.SummaryWriter(str(tmp_path))
     with caplog.at_level(logging.WARNING):
         for step in range(100):

@@ -86,7 +86,14 @@ _WRITERS = (
 )
 _LIGHTNING = ("lightning_fabric.loggers.tensorboard", "lightning.fabric.loggers.tensorboard")
 
-_nested = threading.local()
+
+class _Nesting(threading.local):
+    """Set while a patched method runs TensorBoard code that calls ``add_scalar`` itself."""
+
+    active = False
+
+
+_nested = _Nesting()
 _recorders: weakref.WeakKeyDictionary[Any, Recorder] = weakref.WeakKeyDictionary()
 
 
@@ -239,14 +246,22 @@ def _record_failed(exc: Exception) -> None:
 
 
 def _wrap_add_scalar(recorder: Recorder):
+    scalar = recorder.scalar
+    clock = time.time
+
     def add_scalar(wrapped: Any, instance: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
-        if getattr(_nested, "active", False):
+        if _nested.active:
             return wrapped(*args, **kwargs)
-        tag, value, global_step, walltime = _scalar_args(*args, **kwargs)
-        walltime, kwargs = _with_walltime(args, kwargs, walltime)
-        result = wrapped(*args, **kwargs)
+        if not kwargs and len(args) == 3:  # add_scalar(tag, value, step): the training loop's form
+            tag, value, global_step = args
+            walltime = clock()
+            result = wrapped(tag, value, global_step, walltime)
+        else:
+            tag, value, global_step, walltime = _scalar_args(*args, **kwargs)
+            walltime, kwargs = _with_walltime(args, kwargs, walltime)
+            result = wrapped(*args, **kwargs)
         try:
-            recorder.scalar(tag, float(value), _step(global_step), walltime, _log_dir(instance))
+            scalar(tag, float(value), None if global_step is None else int(global_step), walltime, _log_dir(instance))
         except Exception as exc:  # noqa: BLE001 - capture must never break training
             _record_failed(exc)
         return result
@@ -256,7 +271,7 @@ def _wrap_add_scalar(recorder: Recorder):
 
 def _wrap_add_scalars(recorder: Recorder):
     def add_scalars(wrapped: Any, instance: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
-        if getattr(_nested, "active", False):
+        if _nested.active:
             return wrapped(*args, **kwargs)
         main_tag, scalars, global_step, walltime = _scalars_args(*args, **kwargs)
         walltime, kwargs = _with_walltime(args, kwargs, walltime)
@@ -274,7 +289,7 @@ def _wrap_add_scalars(recorder: Recorder):
 
 def _wrap_add_hparams(recorder: Recorder):
     def add_hparams(wrapped: Any, instance: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
-        if getattr(_nested, "active", False):
+        if _nested.active:
             return wrapped(*args, **kwargs)
         hparam_dict, metric_dict, global_step = _hparams_args(wrapped, args, kwargs)
         walltime = time.time()
@@ -309,7 +324,7 @@ def _wrap_log_hyperparams(recorder: Recorder):
 
 def _call_nested(wrapped: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
     """Calls ``wrapped`` with capture off: its inner ``add_scalar`` calls are recorded by us."""
-    outer = getattr(_nested, "active", False)
+    outer = _nested.active
     _nested.active = True
     try:
         return wrapped(*args, **kwargs)
