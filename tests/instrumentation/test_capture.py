@@ -225,3 +225,25 @@ def test_capture_failure_warns_once_and_training_goes_on(reader, tmp_path: Path,
     warnings = [r for r in caplog.records if "disk on fire" in r.getMessage()]
     assert len(warnings) == 1
     assert len(event_scalars(tmp_path)) == 100  # TensorBoard itself got every call
+
+
+def test_a_reader_that_never_collects_holds_bounded_memory(monkeypatch, caplog, tmp_path: Path) -> None:
+    from opentelemetry.instrumentation.tensorboard import reservoir  # noqa: PLC0415
+
+    monkeypatch.setattr(reservoir, "MAX_POINTS", 50)
+    idle, active = InMemoryMetricReader(), InMemoryMetricReader()
+    provider = meter_provider([idle, active])
+    instrumentor = TensorBoardInstrumentor()
+    instrumentor.instrument(meter_provider=provider)
+    try:
+        writer = tensorboardX.SummaryWriter(str(tmp_path), write_to_disk=False)
+        with caplog.at_level(logging.WARNING):
+            for round_ in range(3):
+                for step in range(40):
+                    writer.add_scalar("loss", 1.0, round_ * 40 + step)
+                assert len(collect(active)) == 40  # the collecting reader gets every point
+        assert len(collect(idle)) == 50
+        assert len([r for r in caplog.records if "has not collected 50 points" in r.getMessage()]) == 1
+    finally:
+        instrumentor.uninstrument()
+        provider.shutdown()

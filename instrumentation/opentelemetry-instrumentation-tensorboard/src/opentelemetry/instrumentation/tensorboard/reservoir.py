@@ -27,9 +27,13 @@ from opentelemetry.instrumentation.tensorboard.capture import (
     LOG_DIR,
     SCALAR,
     TAG,
+    warn_once,
 )
 
 SERIES_KEYS = frozenset({TAG, LOG_DIR})
+
+# A reader that never collects (a Prometheus endpoint nobody scrapes) must not hold points forever.
+MAX_POINTS = int(os.environ.get("OTEL_PYTHON_TENSORBOARD_MAX_POINTS", "1000000"))
 
 _live: weakref.WeakSet[KeepAllExemplarReservoir] = weakref.WeakSet()
 
@@ -38,7 +42,9 @@ class KeepAllExemplarReservoir(ExemplarReservoir):
     """Keeps every measurement offered between two collections.
 
     Memory is bounded by one collection interval: ``collect`` hands everything over and starts
-    empty. The SDK calls ``offer`` outside its own lock, hence the lock here.
+    empty. Each reader has its own reservoirs; one that is never collected stops keeping points
+    past ``OTEL_PYTHON_TENSORBOARD_MAX_POINTS`` per series (default 1,000,000) and says so once.
+    The SDK calls ``offer`` outside its own lock, hence the lock here.
     """
 
     def __init__(self, **_: Any) -> None:
@@ -48,7 +54,17 @@ class KeepAllExemplarReservoir(ExemplarReservoir):
 
     def offer(self, value: float, time_unix_nano: int, attributes: Attributes, context: Context) -> None:
         with self._lock:
-            self._offered.append((value, time_unix_nano, attributes))
+            if len(self._offered) < MAX_POINTS:
+                self._offered.append((value, time_unix_nano, attributes))
+                return
+        warn_once(
+            "reservoir-full",
+            "%s: a reader has not collected %d points of one series; further points are not kept "
+            "for it (a Prometheus endpoint keeps last values only; collect or scrape more often, "
+            "or raise OTEL_PYTHON_TENSORBOARD_MAX_POINTS)",
+            SCALAR,
+            MAX_POINTS,
+        )
 
     def collect(self, point_attributes: Attributes) -> list[Exemplar]:
         with self._lock:
