@@ -1,0 +1,1 @@
+"""The experiment and the OpenTelemetry pipeline behind it."""

@@ -1,0 +1,222 @@
+"""The OpenTelemetry pipeline behind an experiment: resource, readers per backend, MeterProvider.
+
+The run identity travels in the resource (``mlflow.experiment.name`` = project, ``mlflow.run.name``
+= exp_name, ``service.instance.id`` new per experiment, ``distributed.rank``), not in the exporter's
+arguments, so the points land in the same run whether the MLflow exporter writes them directly or
+they travel over OTLP through a collector to tracelet's receiver.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.metrics import get_meter_provider
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+
+from opentelemetry.exporter.mlflow.mapping import (
+    EXPERIMENT_NAME,
+    INSTANCE_ID,
+    RANK,
+    RUN_ID,
+    RUN_NAME,
+    SERVICE_NAME,
+    WORLD_SIZE,
+)
+from opentelemetry.exporter.mlflow.resource import MlflowResourceDetector
+from opentelemetry.instrumentation.tensorboard import TensorBoardInstrumentor
+from opentelemetry.instrumentation.tensorboard.configurator import console_json, default_service_name, meter_provider
+from opentelemetry.instrumentation.tensorboard.reservoir import has_views
+from tracelet.settings import TraceletSettings
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Pipeline:
+    """A MeterProvider and what must be closed with it; ``owned`` is False for one that is borrowed."""
+
+    provider: MeterProvider = None  # type: ignore[assignment]  # set once the readers exist
+    owned: bool = True
+    closers: list[Callable[[], None]] = field(default_factory=list)
+    prometheus_url: str | None = None
+    tracking_uri: str | None = None  # where the mlflow backend writes
+
+    @property
+    def resource(self) -> dict[str, Any]:
+        return dict(self.provider._sdk_config.resource.attributes)
+
+    def close(self, timeout_millis: float = 30_000) -> None:
+        """Exports what is left; shuts an owned provider down (the MLflow exporter then ends the run)."""
+        try:
+            self.provider.force_flush(timeout_millis)
+        finally:
+            if self.owned:
+                self.provider.shutdown(timeout_millis)
+            for close in self.closers:
+                close()
+
+
+def rank() -> tuple[int | None, int | None]:
+    """This process's rank and world size: ``RANK``/``WORLD_SIZE`` (torchrun) or torch.distributed."""
+    value, world = _env_int("RANK"), _env_int("WORLD_SIZE")
+    if value is not None:
+        return value, world
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return None, world
+
+
+def _env_int(name: str) -> int | None:
+    try:
+        return int(os.environ[name])
+    except (KeyError, ValueError):
+        return None
+
+
+def resource(settings: TraceletSettings) -> Resource:
+    """The run identity; ``OTEL_RESOURCE_ATTRIBUTES`` and ``MLFLOW_EXPERIMENT_NAME``/``MLFLOW_RUN_ID`` fill gaps."""
+    attributes: dict[str, Any] = {INSTANCE_ID: uuid.uuid4().hex}
+    service = default_service_name()
+    if service:
+        attributes[SERVICE_NAME] = service
+    for attribute, value in (
+        (EXPERIMENT_NAME, settings.project),
+        (RUN_NAME, settings.exp_name),
+        (RUN_ID, settings.run_id),
+    ):
+        if value:
+            attributes[attribute] = value
+    process_rank, world = rank()
+    if process_rank is not None:
+        attributes[RANK] = process_rank
+    if world is not None:
+        attributes[WORLD_SIZE] = world
+    return MlflowResourceDetector().detect().merge(Resource.create(attributes))
+
+
+def borrowed_provider() -> MeterProvider | None:
+    """The provider ``opentelemetry-instrument`` set up for TensorBoard capture, if this process runs under it.
+
+    Its configurator sets a global MeterProvider with the tensorboard Views and instruments
+    TensorBoard with it; building a second pipeline would capture every point twice.
+    """
+    provider = get_meter_provider()
+    if not isinstance(provider, MeterProvider):
+        if TensorBoardInstrumentor().is_instrumented_by_opentelemetry:
+            _logger.warning(
+                "tracelet: TensorBoard is already instrumented by other code with a MeterProvider tracelet cannot "
+                "reach; its points go where that code sends them, the experiment's own metrics where tracelet does"
+            )
+        return None
+    if has_views(provider) or TensorBoardInstrumentor().is_instrumented_by_opentelemetry:
+        return provider
+    return None
+
+
+def build(settings: TraceletSettings) -> Pipeline:
+    """A new provider with one reader per backend (never set as the global one)."""
+    pipeline = Pipeline()
+    readers: list[MetricReader] = []
+    try:
+        for backend in settings.backend:
+            readers.append(_READERS[backend](settings, pipeline))
+    except BaseException:
+        for reader in readers:
+            reader.shutdown()
+        for close in pipeline.closers:
+            close()
+        raise
+    # tracelet's own atexit handler shuts the provider down, after draining the captured points.
+    pipeline.provider = meter_provider(readers, resource(settings), shutdown_on_exit=False)
+    return pipeline
+
+
+def _interval_ms(settings: TraceletSettings) -> float:
+    return settings.export_interval * 1000
+
+
+def _mlflow(settings: TraceletSettings, pipeline: Pipeline) -> MetricReader:
+    from opentelemetry.exporter.mlflow import MlflowMetricExporter
+
+    exporter = MlflowMetricExporter(
+        tracking_uri=settings.tracking_uri,
+        experiment_name=settings.project,
+        run_id=settings.run_id,
+        spool_dir=settings.spool_dir,
+    )
+    pipeline.tracking_uri = exporter.tracking_uri
+    return PeriodicExportingMetricReader(exporter, export_interval_millis=_interval_ms(settings))
+
+
+def otlp_url(endpoint: str | None) -> str | None:
+    """The metrics URL for an OTLP/HTTP base endpoint (``http://host:4318`` -> ``.../v1/metrics``)."""
+    if not endpoint:
+        return None
+    endpoint = endpoint.rstrip("/")
+    return endpoint if endpoint.endswith("/v1/metrics") else f"{endpoint}/v1/metrics"
+
+
+def _otlp(settings: TraceletSettings, _pipeline: Pipeline) -> MetricReader:
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+    exporter = OTLPMetricExporter(endpoint=otlp_url(settings.otlp_endpoint))
+    return PeriodicExportingMetricReader(exporter, export_interval_millis=_interval_ms(settings))
+
+
+def _prometheus(settings: TraceletSettings, pipeline: Pipeline) -> MetricReader:
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    # A registry of its own: several experiments in one process do not meet in the global one.
+    registry = CollectorRegistry()
+    reader = PrometheusMetricReader(registry=registry)
+    port = settings.prometheus_port
+    try:
+        server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+        _logger.warning(
+            "tracelet: port %d is in use; Prometheus metrics are served on http://127.0.0.1:%d/metrics instead "
+            "(set prometheus_port or TRACELET_PROMETHEUS_PORT)",
+            port,
+            server.server_port,
+        )
+    else:
+        _logger.info("tracelet: Prometheus metrics on http://127.0.0.1:%d/metrics", server.server_port)
+    pipeline.prometheus_url = f"http://127.0.0.1:{server.server_port}/metrics"
+
+    def close() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    pipeline.closers.append(close)
+    return reader
+
+
+def _console(settings: TraceletSettings, _pipeline: Pipeline) -> MetricReader:
+    from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
+
+    # One JSON document per export, each point with its exemplars (every captured step).
+    exporter = ConsoleMetricExporter(formatter=console_json)
+    return PeriodicExportingMetricReader(exporter, export_interval_millis=_interval_ms(settings))
+
+
+_READERS: dict[str, Callable[[TraceletSettings, Pipeline], MetricReader]] = {
+    "mlflow": _mlflow,
+    "otlp": _otlp,
+    "prometheus": _prometheus,
+    "console": _console,
+}
