@@ -25,8 +25,8 @@ from opentelemetry.metrics import _Gauge as Gauge
 from opentelemetry.sdk.metrics import MeterProvider
 
 from opentelemetry.exporter.mlflow.mapping import EXPERIMENT_NAME, RUN_NAME, RUN_TAG, SERVICE_NAME, TAG_NAME, TAG_VALUE
-from opentelemetry.instrumentation.tensorboard import _flatten
 from opentelemetry.instrumentation.tensorboard.capture import Recorder
+from opentelemetry.instrumentation.tensorboard.capture import flatten_params as _flatten
 from opentelemetry.instrumentation.tensorboard.reservoir import TensorBoardView
 from tracelet import __version__
 from tracelet.core.pipeline import Pipeline, borrowed_provider, build
@@ -104,7 +104,7 @@ class Experiment:
         """Builds the pipeline (or joins the one ``opentelemetry-instrument`` set up) and starts capture."""
         if self._running:
             return self
-        from tracelet.frameworks.pytorch import PyTorchFramework
+        from tracelet.frameworks.pytorch import PyTorchFramework  # noqa: PLC0415
 
         borrowed = borrowed_provider()
         if borrowed is not None:
@@ -137,7 +137,7 @@ class Experiment:
         self._stop("FAILED" if failed else None)
 
     def _stop(self, status: str | None) -> None:
-        from tracelet.api import _forget
+        from tracelet.api import _forget  # noqa: PLC0415
 
         if not self._running:
             return
@@ -156,7 +156,7 @@ class Experiment:
     def _attempt(self, what: str, action: Any) -> None:
         try:
             action()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             _logger.warning(
                 "tracelet: could not %s for experiment %r: %s: %s", what, self.name, type(exc).__name__, exc
             )
@@ -289,7 +289,7 @@ def _ending_as(status: str | None) -> Iterator[None]:
     if status is None:
         yield
         return
-    from opentelemetry.exporter.mlflow import lifecycle
+    from opentelemetry.exporter.mlflow import lifecycle  # noqa: PLC0415
 
     previous = lifecycle._outcome
     lifecycle._outcome = previous or status

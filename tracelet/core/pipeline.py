@@ -146,7 +146,7 @@ def _interval_ms(settings: TraceletSettings) -> float:
 
 
 def _mlflow(settings: TraceletSettings, pipeline: Pipeline) -> MetricReader:
-    from opentelemetry.exporter.mlflow import MlflowMetricExporter
+    from opentelemetry.exporter.mlflow import MlflowMetricExporter  # noqa: PLC0415
 
     exporter = MlflowMetricExporter(
         tracking_uri=settings.tracking_uri,
@@ -167,15 +167,15 @@ def otlp_url(endpoint: str | None) -> str | None:
 
 
 def _otlp(settings: TraceletSettings, _pipeline: Pipeline) -> MetricReader:
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter  # noqa: PLC0415
 
     exporter = OTLPMetricExporter(endpoint=otlp_url(settings.otlp_endpoint))
     return PeriodicExportingMetricReader(exporter, export_interval_millis=_interval_ms(settings))
 
 
 def _prometheus(settings: TraceletSettings, pipeline: Pipeline) -> MetricReader:
-    from opentelemetry.exporter.prometheus import PrometheusMetricReader
-    from prometheus_client import CollectorRegistry, start_http_server
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
+    from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
 
     # A registry of its own: several experiments in one process do not meet in the global one.
     registry = CollectorRegistry()
@@ -207,7 +207,7 @@ def _prometheus(settings: TraceletSettings, pipeline: Pipeline) -> MetricReader:
 
 
 def _console(settings: TraceletSettings, _pipeline: Pipeline) -> MetricReader:
-    from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
+    from opentelemetry.sdk.metrics.export import ConsoleMetricExporter  # noqa: PLC0415
 
     # One JSON document per export, each point with its exemplars (every captured step).
     exporter = ConsoleMetricExporter(formatter=console_json)

@@ -6,7 +6,8 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry.instrumentation.tensorboard import TensorBoardInstrumentor, _plain
+from opentelemetry.instrumentation.tensorboard import TensorBoardInstrumentor
+from opentelemetry.instrumentation.tensorboard.capture import attribute_value as _plain
 
 if TYPE_CHECKING:
     from tracelet.core.experiment import Experiment

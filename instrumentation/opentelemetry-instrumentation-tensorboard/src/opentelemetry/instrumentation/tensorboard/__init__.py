@@ -71,7 +71,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from opentelemetry.instrumentation.utils import unwrap
 from opentelemetry.metrics import get_meter, get_meter_provider
 
-from opentelemetry.instrumentation.tensorboard.capture import Recorder, warn_once
+from opentelemetry.instrumentation.tensorboard.capture import Recorder, flatten_params, warn_once
 from opentelemetry.instrumentation.tensorboard.package import _instruments, _instruments_any
 from opentelemetry.instrumentation.tensorboard.reservoir import has_views, views
 from opentelemetry.instrumentation.tensorboard.version import __version__
@@ -139,30 +139,6 @@ def _log_dir(writer: Any) -> str | None:
 
 def _step(global_step: Any) -> int | None:
     return None if global_step is None else int(global_step)
-
-
-def _plain(value: Any) -> str | int | float | bool:
-    """An attribute-safe hyperparameter value."""
-    if isinstance(value, (str, bool, int, float)):
-        return value
-    item = getattr(value, "item", None)
-    if callable(item):
-        try:
-            return _plain(item())
-        except (TypeError, ValueError, RuntimeError):
-            pass
-    return str(value)
-
-
-def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name}/"))
-        else:
-            flat[name] = _plain(value)
-    return flat
 
 
 class TensorBoardInstrumentor(BaseInstrumentor):
@@ -296,7 +272,7 @@ def _wrap_add_hparams(recorder: Recorder):
         result = _call_nested(wrapped, args, kwargs)
         try:
             log_dir = _log_dir(instance)
-            recorder.hparams(_flatten(hparam_dict), log_dir)
+            recorder.hparams(flatten_params(hparam_dict), log_dir)
             step = _step(global_step)
             for key, value in metric_dict.items():
                 recorder.scalar(str(key), float(value), step, walltime, log_dir)
@@ -314,7 +290,7 @@ def _wrap_log_hyperparams(recorder: Recorder):
             params = args[0] if args else kwargs.get("params", {})
             if not isinstance(params, Mapping):
                 params = vars(params)
-            recorder.hparams(_flatten(params), str(instance.log_dir))
+            recorder.hparams(flatten_params(params), str(instance.log_dir))
         except Exception as exc:  # noqa: BLE001
             _record_failed(exc)
         return result

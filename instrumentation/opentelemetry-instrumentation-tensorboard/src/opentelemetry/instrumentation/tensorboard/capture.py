@@ -167,3 +167,28 @@ class Recorder:
         self._pending = deque()
         self._drain_lock = threading.Lock()
         self._captured = 0
+
+
+def attribute_value(value: Any) -> str | int | float | bool:
+    """A value OpenTelemetry attributes accept: tensors and numpy scalars become numbers, the rest text."""
+    if isinstance(value, (str, bool, int, float)):
+        return value
+    item = getattr(value, "item", None)
+    if callable(item):
+        try:
+            return attribute_value(item())
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    return str(value)
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested hyperparameters as ``{"optim/lr": 0.1}``, the way Lightning flattens them."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_params(value, f"{name}/"))
+        else:
+            flat[name] = attribute_value(value)
+    return flat
