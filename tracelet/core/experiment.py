@@ -77,7 +77,7 @@ def _instruments_for(provider: MeterProvider) -> _Instruments:
             meter = provider.get_meter(METER, __version__)
             found = _instruments[provider] = _Instruments(
                 Recorder(meter),
-                meter.create_gauge(RUN_TAG, unit="1", description="A run tag (info: always 1)"),
+                meter.create_gauge(RUN_TAG, description="A run tag (info: always 1)"),
             )
         return found
 

@@ -19,7 +19,7 @@ configurator sets up the views and exemplar filter; see the README).
 
 Instruments (meter ``opentelemetry.instrumentation.tensorboard``):
 
-``tensorboard.scalar`` (Gauge, float, unit ``1``)
+``tensorboard.scalar`` (Gauge, float, no unit: a scalar is whatever the script logs)
     One measurement per scalar point: ``add_scalar``, each key of ``add_scalars`` (tag
     ``<main_tag>/<key>``), each metric of ``add_hparams``. Series attributes (kept by the View):
 
@@ -37,7 +37,7 @@ Instruments (meter ``opentelemetry.instrumentation.tensorboard``):
     included, and whose ``time_unix_nano`` is the wall time TensorBoard wrote in the event file.
     The data point itself holds the last value, which is what Prometheus-style backends show.
 
-``tensorboard.hparam`` (Gauge, int, always 1: an info series)
+``tensorboard.hparam`` (Gauge, int, always 1: an info series, no unit)
     One series per hyperparameter of ``add_hparams`` or Lightning's ``log_hyperparams``
     (nested dicts flattened with ``/``). Attributes: ``tensorboard.hparam.name``,
     ``tensorboard.hparam.value`` (str, int, float or bool), ``tensorboard.log_dir``.

@@ -86,9 +86,9 @@ class Recorder:
         self._drain_lock = threading.Lock()
         self._captured = 0
         self._scalar = meter.create_gauge(
-            SCALAR, unit="1", description="A TensorBoard scalar; every point is an exemplar"
+            SCALAR, description="A TensorBoard scalar; every point is an exemplar"
         )
-        self._hparam = meter.create_gauge(HPARAM, unit="1", description="A TensorBoard hyperparameter (info: always 1)")
+        self._hparam = meter.create_gauge(HPARAM, description="A TensorBoard hyperparameter (info: always 1)")
         self._points = meter.create_observable_counter(
             POINTS,
             callbacks=[self._on_collect],
