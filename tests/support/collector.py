@@ -11,16 +11,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import signal
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 
 import requests
+
+from .process import Service, free_port, free_ports, stop_process, tail
+
+__all__ = ["Collector", "build_collector", "clean_env", "free_port", "free_ports", "stop_process", "tail"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_PATH = REPO_ROOT / "otel-collector.yaml"
@@ -79,56 +80,7 @@ def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def free_ports(count: int) -> list[int]:
-    """Return ``count`` distinct loopback ports that were free a moment ago.
-
-    All sockets are held open until every port is chosen, so the same port is
-    never handed out twice within one call.
-    """
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def free_port() -> int:
-    """Return one free loopback port."""
-    return free_ports(1)[0]
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
-    """Stop ``proc`` (and only it): SIGTERM, wait, then SIGKILL. Returns its exit code.
-
-    SIGTERM first so the collector flushes its queue to disk and Prometheus
-    closes its TSDB cleanly; SIGKILL only if that hangs.
-    """
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait(timeout=timeout)
-    return proc.returncode
-
-
-def tail(path: Path, limit: int = 4000) -> str:
-    """Last ``limit`` characters of a log file, for error messages."""
-    try:
-        return path.read_text(errors="replace")[-limit:]
-    except OSError:
-        return ""
-
-
-class Collector:
+class Collector(Service):
     """One otelcol-tracelet process running ``otel-collector.yaml`` on free loopback ports.
 
     The ports and the storage directory are fixed at construction, so
@@ -264,20 +216,3 @@ class Collector:
     def logs(self) -> str:
         """Tail of the collector's combined stdout/stderr."""
         return tail(self.log_path)
-
-    def __enter__(self) -> Collector:
-        self.start()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -12,11 +12,9 @@ from pathlib import Path
 
 import requests
 
+from .process import free_port
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+__all__ = ["MlflowServer", "free_port"]
 
 
 class MlflowServer:

@@ -14,12 +14,12 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import requests
 
-from .collector import REPO_ROOT, free_port, stop_process, tail
+from .collector import REPO_ROOT
+from .process import Service, free_port, stop_process, tail
 
 INSTALL_SCRIPT = REPO_ROOT / "scripts" / "install-prometheus.sh"
 DEFAULT_BINARY = Path("/usr/bin/prometheus")
@@ -54,7 +54,7 @@ class PrometheusError(RuntimeError):
     """The Prometheus HTTP API answered with an error."""
 
 
-class Prometheus:
+class Prometheus(Service):
     """One Prometheus process scraping the given targets every ``scrape_interval``.
 
     ``honor_labels`` keeps the ``job``/``instance`` labels that the collector's
@@ -208,20 +208,3 @@ class Prometheus:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{promql!r} gave {result!r} after {timeout}s")
             time.sleep(0.5)
-
-    def __enter__(self) -> Prometheus:
-        self.start()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
