@@ -21,7 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     receive.add_argument("--port", type=int, default=4319)
     receive.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
     receive.add_argument("--experiment", default=None, help="experiment for points whose resource names none")
-    receive.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' (or TRACELET_RECEIVER_TOKEN)")
+    receive.add_argument(
+        "--token", default=None, help="require 'Authorization: Bearer TOKEN' (or TRACELET_RECEIVER_TOKEN)"
+    )
     receive.add_argument("--max-body", type=int, default=32 * 1024 * 1024, help="largest request body in bytes")
 
     args = parser.parse_args(argv)

@@ -17,6 +17,7 @@ from typing import Any
 
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
+from tbparse import SummaryReader
 
 
 def clean_environment() -> dict[str, str]:
@@ -54,7 +55,6 @@ class ExampleRun:
 
     def tensorboard(self, log_root: str = "runs") -> dict[tuple[str, str], list[tuple[int, float, float]]]:
         """What the script wrote to its event files: (writer dir, tag) -> [(step, value, wall time)]."""
-        from tbparse import SummaryReader
 
         frame = SummaryReader(str(self.cwd / log_root), pivot=False, extra_columns={"dir_name", "wall_time"}).scalars
         written: dict[tuple[str, str], list[tuple[int, float, float]]] = {}

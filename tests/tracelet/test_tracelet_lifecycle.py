@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from opentelemetry.metrics import get_meter_provider
@@ -152,7 +153,6 @@ def test_params_and_tags_become_run_params_and_tags(client: MlflowClient, projec
 
 
 def test_second_framework_does_not_capture_twice(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    import requests
 
     exp = tracelet.start_logging(exp_name="double", backend="prometheus", prometheus_port=0)
     own = exp._frameworks["pytorch"]

@@ -85,9 +85,7 @@ class Recorder:
         self._pending: deque[Point] = deque()
         self._drain_lock = threading.Lock()
         self._captured = 0
-        self._scalar = meter.create_gauge(
-            SCALAR, description="A TensorBoard scalar; every point is an exemplar"
-        )
+        self._scalar = meter.create_gauge(SCALAR, description="A TensorBoard scalar; every point is an exemplar")
         self._hparam = meter.create_gauge(HPARAM, description="A TensorBoard hyperparameter (info: always 1)")
         self._points = meter.create_observable_counter(
             POINTS,
