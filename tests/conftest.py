@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,10 +30,3 @@ def mlflow_env(mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch, tmp
     for name in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "OTEL_METRICS_EXPORTER", "TRACELET_BACKEND"):
         monkeypatch.delenv(name, raising=False)
     return mlflow_server
-
-
-def subprocess_env(**extra: str) -> dict[str, str]:
-    """The environment for a child Python process running this checkout's code."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MLFLOW_", "TRACELET_"))}
-    env.update(extra)
-    return env

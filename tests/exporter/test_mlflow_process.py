@@ -9,8 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from conftest import subprocess_env
 from mlflow_readback import T0, Mlflow, assert_exactly, instrumented, provider_for, unique
+from support.env import subprocess_env
 from support.mlflow_server import free_port
 from torch.utils.tensorboard import SummaryWriter
 

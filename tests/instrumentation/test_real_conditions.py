@@ -23,12 +23,10 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 from points import collect, event_scalars, metric, points
+from support.env import subprocess_env
 
 from opentelemetry.instrumentation.tensorboard import TensorBoardInstrumentor, views
 from opentelemetry.instrumentation.tensorboard.configurator import meter_provider
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import subprocess_env
 
 BIN = Path(sys.executable).parent
 
