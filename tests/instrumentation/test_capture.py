@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,17 +21,6 @@ WRITERS = {
     "tensorboardX": tensorboardX.SummaryWriter,
 }
 PATCHED = [(cls, name) for cls in WRITERS.values() for name in ("add_scalar", "add_scalars", "add_hparams")]
-
-
-@pytest.fixture
-def reader() -> Iterator[InMemoryMetricReader]:
-    reader = InMemoryMetricReader()
-    provider = meter_provider([reader])
-    instrumentor = TensorBoardInstrumentor()
-    instrumentor.instrument(meter_provider=provider)
-    yield reader
-    instrumentor.uninstrument()
-    provider.shutdown()
 
 
 @pytest.fixture(params=sorted(WRITERS))

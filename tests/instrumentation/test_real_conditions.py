@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -23,23 +21,13 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 from points import collect, event_scalars, metric, points
+from support.console import console_points
 from support.env import subprocess_env
 
 from opentelemetry.instrumentation.tensorboard import TensorBoardInstrumentor, views
 from opentelemetry.instrumentation.tensorboard.configurator import meter_provider
 
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture
-def reader() -> Iterator[InMemoryMetricReader]:
-    reader = InMemoryMetricReader()
-    provider = meter_provider([reader])
-    instrumentor = TensorBoardInstrumentor()
-    instrumentor.instrument(meter_provider=provider)
-    yield reader
-    instrumentor.uninstrument()
-    provider.shutdown()
 
 
 def test_lightning_trainer_fit(reader, tmp_path: Path) -> None:
@@ -211,19 +199,7 @@ def test_zero_code_console(tmp_path: Path) -> None:
     script.write_text(TRAIN)
     done = _instrumented(script, tmp_path / "runs", OTEL_METRICS_EXPORTER="console")
     assert done.returncode == 0, done.stderr[-3000:]
-    decoder, text, rows, index = json.JSONDecoder(), done.stdout, [], 0
-    while (start := text.find("{", index)) != -1:
-        document, index = decoder.raw_decode(text, start)
-        for rm in document["resource_metrics"]:
-            for sm in rm["scope_metrics"]:
-                for m in sm["metrics"]:
-                    if m["name"] != "tensorboard.scalar":
-                        continue
-                    for point in m["data"]["data_points"]:
-                        tag = point["attributes"]["tensorboard.tag"]
-                        rows += [
-                            (tag, e["filtered_attributes"]["tensorboard.step"], e["value"]) for e in point["exemplars"]
-                        ]
+    rows = console_points(done.stdout)
     nan = [r for r in rows if r[1] == 500]
     assert len(nan) == 1 and nan[0][2] != nan[0][2]
     assert sorted(r for r in rows if r[1] != 500) == _expected()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from support.console import console_points
 from torch.utils.tensorboard import SummaryWriter
 
 import tracelet
@@ -136,18 +136,9 @@ def test_under_opentelemetry_instrument_points_are_captured_once(mlflow_env: Any
     assert len(warnings) == 1 and "exp_name='name-from-code'" in warnings[0], completed.stderr[-3000:]
 
     # Every point handed to OpenTelemetry once: count the exemplars the console exporter printed.
-    exports = [json.loads(line) for line in completed.stdout.splitlines() if line.startswith('{"resource_metrics"')]
     captured: dict[str, list[int]] = {}
-    for export in exports:
-        for resource_metrics in export["resource_metrics"]:
-            for scope_metrics in resource_metrics["scope_metrics"]:
-                for metric in scope_metrics["metrics"]:
-                    if metric["name"] != "tensorboard.scalar":
-                        continue
-                    for point in metric["data"]["data_points"]:
-                        tag = point["attributes"]["tensorboard.tag"]
-                        steps = [e["filtered_attributes"]["tensorboard.step"] for e in point["exemplars"]]
-                        captured.setdefault(tag, []).extend(steps)
+    for tag, step, _value in console_points(completed.stdout):
+        captured.setdefault(tag, []).append(step)
     assert {tag: sorted(steps) for tag, steps in captured.items()} == {"loss": list(range(20)), "direct": [5]}
 
     client = MlflowClient(tracking_uri=mlflow_env.uri)
