@@ -13,6 +13,9 @@ accuracy every 25 steps; the hyperparameters with ``exp.log_params``. With no
 from __future__ import annotations
 
 import argparse
+import shutil
+import sys
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -79,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"logged {args.steps} steps of run {exp.name!r} (experiment {exp.project!r}) to {backends}")
     uri = exp.tracking_uri
     if uri and uri.startswith("sqlite:"):
-        print(f"look at it with: mlflow ui --backend-store-uri {uri}")
+        # The venv's mlflow, unless the one on PATH is that one: scripts/main.sh does not activate it.
+        mlflow = Path(sys.executable).with_name("mlflow")
+        command = "mlflow" if shutil.which("mlflow") == str(mlflow) else str(mlflow)
+        print(f"look at it with: {command} ui --backend-store-uri {uri}")
     elif uri:
         print(f"look at it in the MLflow UI at {public_uri(uri)}")
     return 0
