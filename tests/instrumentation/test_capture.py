@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -177,6 +178,7 @@ def test_eight_threads_lose_nothing(reader, tmp_path: Path) -> None:
         thread.start()
     while any(t.is_alive() for t in threads):
         collected += collect(reader)  # collections race with the writers
+        time.sleep(0.005)  # a spinning collector would starve the writers of the GIL
     collected += collect(reader)
     writer.close()
     assert len(collected) == 8 * per_thread
@@ -235,3 +237,25 @@ def test_a_reader_that_never_collects_holds_bounded_memory(monkeypatch, caplog, 
     finally:
         instrumentor.uninstrument()
         provider.shutdown()
+
+
+def test_points_beyond_max_pending_are_drained_off_the_caller(reader, tmp_path: Path) -> None:
+    recorder = TensorBoardInstrumentor().recorder
+    recorder.max_pending = 1_000
+    drained_by: set[str] = set()
+    drain = recorder.drain
+
+    def tracking_drain() -> int:
+        drained_by.add(threading.current_thread().name)
+        return drain()
+
+    recorder.drain = tracking_drain
+    writer = tensorboardX.SummaryWriter(str(tmp_path), write_to_disk=False)
+    most_waiting = 0
+    for step in range(30_000):
+        writer.add_scalar("loss", float(step), step)
+        most_waiting = max(most_waiting, len(recorder._pending))
+    captured = collect(reader)
+    assert sorted(p.step for p in captured) == list(range(30_000))  # once each, none lost
+    assert "tensorboard-drain" in drained_by
+    assert most_waiting <= 4 * recorder.max_pending + 1

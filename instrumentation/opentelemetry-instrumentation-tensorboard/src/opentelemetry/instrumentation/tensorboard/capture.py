@@ -3,8 +3,9 @@
 Recording a synchronous measurement costs several microseconds (attribute copies, hashing,
 one pass per reader), a sizeable share of ``add_scalar`` itself. So the call site only appends a
 tuple to a deque; the measurements are made when a reader collects (the observable
-``tensorboard.points`` callback drains the deque first), or by the caller once more than
-``max_pending`` points wait, so memory stays bounded even without a reader. Every measurement
+``tensorboard.points`` callback drains the deque first). Once more than ``max_pending`` points
+wait (a long export interval, a fast loop), a helper thread drains them; only if it falls four
+times behind does the caller drain itself, so memory stays bounded even without a reader. Every measurement
 carries the call's own wall time, so exemplars keep the time TensorBoard wrote, not the time of
 the collection.
 """
@@ -94,6 +95,8 @@ class Recorder:
             description="Scalar points handed to OpenTelemetry",
         )
         self._measure: Any = None
+        self._wake = threading.Event()
+        self._drainer: threading.Thread | None = None
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._after_fork)
 
@@ -107,9 +110,28 @@ class Recorder:
         extra: Mapping[str, Any] | None = None,
     ) -> None:
         """Keeps one point; cheap enough for the training loop."""
-        self._pending.append((value, step, walltime, tag, log_dir, extra))
-        if len(self._pending) > self.max_pending:
-            self.drain()
+        pending = self._pending
+        pending.append((value, step, walltime, tag, log_dir, extra))
+        if len(pending) > self.max_pending:
+            self._overflow(len(pending))
+
+    def _overflow(self, waiting: int) -> None:
+        if waiting > 4 * self.max_pending:
+            self.drain()  # the helper cannot keep up: bounded memory comes before speed
+            return
+        self._wake.set()
+        if self._drainer is None or not self._drainer.is_alive():
+            self._drainer = threading.Thread(target=self._drain_when_woken, name="tensorboard-drain", daemon=True)
+            self._drainer.start()
+
+    def _drain_when_woken(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            try:
+                self.drain()
+            except Exception:
+                _logger.exception("tensorboard: could not hand points to OpenTelemetry")
 
     def hparams(self, params: Mapping[str, Any], log_dir: str | None) -> None:
         """Records hyperparameters as info series (value 1), one per name and value."""
@@ -165,6 +187,8 @@ class Recorder:
         self._pending = deque()
         self._drain_lock = threading.Lock()
         self._captured = 0
+        self._wake = threading.Event()
+        self._drainer = None  # threads do not survive a fork
 
 
 def attribute_value(value: Any) -> str | int | float | bool:
