@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import gzip
 import os
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import tensorboardX
 import torch
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.sdk.metrics.export import (
     InMemoryMetricReader,
     MetricExporter,
@@ -23,6 +20,7 @@ from opentelemetry.sdk.metrics.export import (
 from points import collect, event_scalars, metric, points
 from support.console import console_points
 from support.env import subprocess_env
+from support.otlp_sink import OtlpSink
 
 from opentelemetry.instrumentation.tensorboard import TensorBoardInstrumentor, views
 from opentelemetry.instrumentation.tensorboard.configurator import meter_provider
@@ -205,43 +203,19 @@ def test_zero_code_console(tmp_path: Path) -> None:
     assert sorted(r for r in rows if r[1] != 500) == _expected()
 
 
-class _OtlpSink(BaseHTTPRequestHandler):
-    """Records OTLP/HTTP export requests (a test double for the receiving end of the exporter)."""
-
-    requests: list[ExportMetricsServiceRequest] = []
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        if self.headers.get("Content-Encoding") == "gzip":
-            body = gzip.decompress(body)
-        request = ExportMetricsServiceRequest()
-        request.ParseFromString(body)
-        type(self).requests.append(request)
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.end_headers()
-
-    def log_message(self, *_args) -> None:
-        pass
-
-
 def test_zero_code_otlp(tmp_path: Path) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _OtlpSink)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        script = tmp_path / "train.py"
-        script.write_text(TRAIN)
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN)
+    with OtlpSink() as sink:
         done = _instrumented(
             script,
             tmp_path / "runs",
             OTEL_METRICS_EXPORTER="otlp",
-            OTEL_EXPORTER_OTLP_METRICS_ENDPOINT=f"http://127.0.0.1:{server.server_port}/v1/metrics",
+            OTEL_EXPORTER_OTLP_METRICS_ENDPOINT=f"http://127.0.0.1:{sink.server_port}/v1/metrics",
         )
-        assert done.returncode == 0, done.stderr[-3000:]
-    finally:
-        server.shutdown()
+    assert done.returncode == 0, done.stderr[-3000:]
     rows = []
-    for request in _OtlpSink.requests:
+    for request in sink.requests:
         for rm in request.resource_metrics:
             resource = {kv.key: kv.value.string_value for kv in rm.resource.attributes}
             assert resource["service.name"] == "train"

@@ -2,50 +2,23 @@
 
 from __future__ import annotations
 
-import gzip
 import os
 import subprocess
 import sys
 import textwrap
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from support.console import console_points
+from support.otlp_sink import OtlpSink
 from torch.utils.tensorboard import SummaryWriter
 
 import tracelet
 from opentelemetry.exporter.mlflow.mapping import Mapper
-
-
-class OtlpSink(ThreadingHTTPServer):
-    """An OTLP/HTTP endpoint on 127.0.0.1 that keeps every metrics request it is sent."""
-
-    def __init__(self) -> None:
-        self.requests: list[ExportMetricsServiceRequest] = []
-        sink = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                request = ExportMetricsServiceRequest()
-                request.ParseFromString(body)
-                sink.requests.append(request)
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.end_headers()
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
 
 
 @pytest.fixture
