@@ -30,6 +30,15 @@ STEPS = 600
 PAUSE = "0.01"  # at least 6 s of logging: time for a fault in the middle
 
 
+def route(binary: Path, mlflow_uri: str, tmp_path: Path) -> tuple[ReceiverProcess, Collector, MlflowReader]:
+    """A started receiver writing to ``mlflow_uri``, a collector (not started) sending to it, a reader."""
+    receiver = ReceiverProcess(mlflow_uri, tmp_path / "receiver.log").start()
+    collector = Collector(
+        binary, tmp_path / "storage", receiver_endpoint=receiver.endpoint, log_path=tmp_path / "collector.log"
+    )
+    return receiver, collector, MlflowReader(mlflow_uri)
+
+
 def start_training(collector: Collector, experiment: str, cwd: Path) -> subprocess.Popen[str]:
     return instrumented(PACED, [str(STEPS), PAUSE], collector, experiment, cwd)
 
@@ -43,11 +52,7 @@ def mid_run(proc: subprocess.Popen[str], reader: MlflowReader, experiment: str, 
 def test_collector_restarted_mid_run(
     mlflow_server: MlflowServer, collector_binary: Path, tmp_path: Path, experiment: str
 ) -> None:
-    receiver = ReceiverProcess(mlflow_server.uri, tmp_path / "receiver.log").start()
-    collector = Collector(
-        collector_binary, tmp_path / "storage", receiver_endpoint=receiver.endpoint, log_path=tmp_path / "collector.log"
-    )
-    reader = MlflowReader(mlflow_server.uri)
+    receiver, collector, reader = route(collector_binary, mlflow_server.uri, tmp_path)
     try:
         with collector:
             proc = start_training(collector, experiment, tmp_path)
@@ -63,11 +68,7 @@ def test_collector_restarted_mid_run(
 def test_receiver_down_for_a_while(
     mlflow_server: MlflowServer, collector_binary: Path, tmp_path: Path, experiment: str
 ) -> None:
-    receiver = ReceiverProcess(mlflow_server.uri, tmp_path / "receiver.log").start()
-    collector = Collector(
-        collector_binary, tmp_path / "storage", receiver_endpoint=receiver.endpoint, log_path=tmp_path / "collector.log"
-    )
-    reader = MlflowReader(mlflow_server.uri)
+    receiver, collector, reader = route(collector_binary, mlflow_server.uri, tmp_path)
     try:
         with collector:
             proc = start_training(collector, experiment, tmp_path)
@@ -85,11 +86,7 @@ def test_receiver_down_for_a_while(
 
 def test_mlflow_down_for_a_while(collector_binary: Path, tmp_path: Path, experiment: str) -> None:
     server = MlflowServer(tmp_path / "mlflow").start()  # its own: the session's server stays up
-    receiver = ReceiverProcess(server.uri, tmp_path / "receiver.log").start()
-    collector = Collector(
-        collector_binary, tmp_path / "storage", receiver_endpoint=receiver.endpoint, log_path=tmp_path / "collector.log"
-    )
-    reader = MlflowReader(server.uri)
+    receiver, collector, reader = route(collector_binary, server.uri, tmp_path)
     try:
         with collector:
             proc = start_training(collector, experiment, tmp_path)
