@@ -11,6 +11,7 @@ import json
 import math
 import uuid
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +123,9 @@ def test_gzip_protobuf_request_lands_in_mlflow(receiver: Receiver, reader: Mlflo
     assert run.info.run_name == "receiver-test"
     assert run.data.params == {"lr": "0.1", "layers": "3"}
     stored = reader.history(run.info.run_id, "receiver/loss")  # the writer's log dir names the key
-    assert [(step, ms) for step, _, ms in stored] == [(i, int(T0 * 1000) + i) for i in range(52)]
+    # Point i's wall time is the double T0 + i / 1000, floored exactly to the millisecond.
+    expected_ms = [math.floor(Fraction(T0 + i / 1000) * 1000) for i in range(52)]
+    assert [(step, ms) for step, _, ms in stored] == list(enumerate(expected_ms))
     assert [value for _, value, _ in stored[:50]] == [value for _, value, _ in points[:50]]
     assert math.isnan(stored[50][1])
     assert stored[51][1] == MAX_DOUBLE  # how MLflow stores +inf

@@ -128,7 +128,7 @@ def test_no_argument_construction_reads_mlflow_environment(monkeypatch: pytest.M
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "from-env")
     exporter = MlflowMetricExporter(handle_process_exit=False)
     assert (exporter.tracking_uri, exporter.experiment_id, exporter.run_id) == ("http://127.0.0.1:5999", "12", "abc")
-    assert exporter._mapper.default_experiment == "from-env"
+    assert exporter.experiment_name == "from-env"
 
 
 def test_delta_temporality_for_every_instrument_kind(tmp_path: Path) -> None:

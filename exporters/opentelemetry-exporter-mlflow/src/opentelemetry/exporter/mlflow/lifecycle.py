@@ -31,6 +31,7 @@ _outcome: str | None = None
 _exiting = False
 _deferred = False
 _sigterms = 0
+_interrupted = False
 _hooked = False
 _signalled = False
 _pid = os.getpid()
@@ -40,6 +41,14 @@ _previous_excepthook = sys.excepthook
 def outcome() -> str:
     """The status the process's runs should end with, as far as is known now."""
     return _outcome or FINISHED
+
+
+def killed() -> bool:
+    """Whether the process is ending because it was told to stop (SIGTERM, or an uncaught Ctrl-C).
+
+    Then shutdown hands the points over and lets the process go, rather than waiting for delivery.
+    """
+    return _sigterms > 0 or _interrupted
 
 
 @contextmanager
@@ -78,7 +87,8 @@ def flushing() -> Iterator[None]:
 
 
 def _excepthook(kind: type[BaseException], value: BaseException, traceback: TracebackType | None) -> None:
-    global _outcome
+    global _outcome, _interrupted
+    _interrupted = issubclass(kind, KeyboardInterrupt)
     if _outcome is None:
         _outcome = KILLED if issubclass(kind, KeyboardInterrupt) else FAILED
     _previous_excepthook(kind, value, traceback)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import posixpath
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -58,7 +59,7 @@ HPARAM_VALUE = "tensorboard.hparam.value"
 RUN_TAG = "mlflow.run.tag"
 TAG_NAME = "mlflow.tag.name"
 TAG_VALUE = "mlflow.tag.value"
-_MAPPED = frozenset({SCALAR, HPARAM, RUN_TAG})
+MAPPED = frozenset({SCALAR, HPARAM, RUN_TAG})  # the metrics this mapping reads
 
 INSTANCE_ID = "service.instance.id"
 SERVICE_NAME = "service.name"
@@ -106,6 +107,20 @@ class RunBatch:
 # (value, time in ns, filtered attributes).
 Exemplar = tuple[float, int, Mapping[str, Any]]
 Flat = tuple[Mapping[str, Any], str, Mapping[str, Any], float, Iterable[Exemplar]]
+
+
+def wall_ms(seconds: float) -> int:
+    """A wall time in float seconds as MLflow's integer milliseconds, floored exactly.
+
+    ``math.floor(s * 1000)`` can round up across a millisecond; the fraction of a double split off
+    its whole seconds is exact, and its product with 1000 errs far less than its distance to the
+    next integer. A wall time that is not a finite number gives a timestamp outside int64, which
+    delivery refuses alone (with one message naming the metric).
+    """
+    if not math.isfinite(seconds):
+        return 2**63
+    whole = math.floor(seconds)
+    return whole * 1000 + math.floor((seconds - whole) * 1000)
 
 
 def mlflow_name(name: str) -> str:
@@ -188,7 +203,7 @@ class Mapper:
         runs: dict[int, RunKey] = {}
         alive: list[Mapping[str, Any]] = []  # keeps each resource's id() unique during the walk
         for resource, name, attributes, value, exemplars in points:
-            if name not in _MAPPED:
+            if name not in MAPPED:
                 continue
             run = runs.get(id(resource))
             if run is None:
@@ -276,7 +291,7 @@ def _walk_sdk(data: Any) -> Iterator[Flat]:
         resource = dict(resource_metrics.resource.attributes)
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
-                if metric.name not in _MAPPED:
+                if metric.name not in MAPPED:
                     continue
                 for point in getattr(metric.data, "data_points", ()):
                     exemplars = ((e.value, e.time_unix_nano, e.filtered_attributes) for e in point.exemplars or ())
@@ -307,7 +322,7 @@ def _walk_otlp(request: Any) -> Iterator[Flat]:
         resource = _attributes(resource_metrics.resource.attributes)
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
-                if metric.name not in _MAPPED:
+                if metric.name not in MAPPED:
                     continue
                 kind = metric.WhichOneof("data")
                 if kind not in ("gauge", "sum"):

@@ -1,27 +1,35 @@
-"""Turning captured points into OpenTelemetry measurements, off the training thread.
+"""Turning captured points into OpenTelemetry measurements, in bulk and off the training thread.
 
 Recording a synchronous measurement costs several microseconds (attribute copies, hashing,
 one pass per reader), a sizeable share of ``add_scalar`` itself. So the call site only appends a
-tuple to a deque; the measurements are made when a reader collects (the observable
-``tensorboard.points`` callback drains the deque first). Once more than ``max_pending`` points
-wait (a long export interval, a fast loop), a helper thread drains them; only if it falls four
-times behind does the caller drain itself, so memory stays bounded even without a reader. Every measurement
-carries the call's own wall time, so exemplars keep the time TensorBoard wrote, not the time of
-the collection.
+tuple to a deque, and the points become measurements when a reader collects (the observable
+``tensorboard.points`` callback drains the deque first): **one** measurement per series (tag and
+log dir) and collection, carrying the series' last value, with every point of the series since
+the last collection attached as a :class:`ScalarBlock` in the measurement's context. The
+reservoir of :func:`~opentelemetry.instrumentation.tensorboard.reservoir.views` takes the block
+and hands it out as the data point's exemplars: every point an exemplar with its own value (NaN
+and infinities included), step and wall time, without one SDK measurement or one ``Exemplar``
+object per point unless an exporter asks for them.
+
+Once more than ``max_pending`` points wait (a long export interval, a fast loop), a helper thread
+drains them; only if it falls four times behind does the caller drain itself, so memory stays
+bounded even without a reader.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 import threading
 from collections import deque
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, overload
 
-from opentelemetry.context import get_current
+from opentelemetry.context import Context, get_current, get_value, set_value
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.sdk.metrics._internal.exemplar import Exemplar
 
 SCALAR = "tensorboard.scalar"
 HPARAM = "tensorboard.hparam"
@@ -39,10 +47,75 @@ _logger = logging.getLogger(__name__)
 Point = tuple[float, "int | None", float, str, "str | None", "Mapping[str, Any] | None"]
 
 
-def _nanoseconds(seconds: float) -> int:
-    """Exact to the microsecond TensorBoard's float seconds carry (``int(s * 1e9)`` is off by ~100 ns)."""
-    whole = int(seconds)
-    return whole * 1_000_000_000 + round((seconds - whole) * 1e6) * 1_000
+_BLOCK = "opentelemetry.instrumentation.tensorboard.points"
+
+
+def nanoseconds(seconds: float) -> int:
+    """TensorBoard's float wall time as integer nanoseconds, floored, so that ``// 10**6`` floors to the ms.
+
+    ``int(s * 1e9)`` is off by ~100 ns and rounding to the microsecond moves about one point in
+    2,000 into the next millisecond. Splitting off the whole seconds is exact (the fraction of a
+    double is exact), and the fraction's product with 1e9 errs far less than its distance to the
+    next integer. A wall time that is not a finite number maps to 0.
+    """
+    if not math.isfinite(seconds):
+        return 0
+    whole = math.floor(seconds)
+    return whole * 1_000_000_000 + math.floor((seconds - whole) * 1e9)
+
+
+class ScalarBlock(Sequence[Exemplar]):
+    """The points of one series since the last collection, as the exemplars of its data point.
+
+    Holds the recorder's tuples as they are (``points``: value, step, wall time in seconds, tag,
+    log dir, extra attributes); an ``Exemplar`` is made only for an exporter that reads one
+    (``filtered_attributes`` = ``tensorboard.step`` and the extra attributes). Exporters that know
+    the layout (the MLflow exporter) read ``points`` directly.
+    """
+
+    __slots__ = ("points",)
+
+    def __init__(self, points: list[Point]) -> None:
+        self.points = points
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    @overload
+    def __getitem__(self, index: int) -> Exemplar: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Exemplar]: ...
+    def __getitem__(self, index: int | slice) -> Exemplar | list[Exemplar]:
+        if isinstance(index, slice):
+            return [_exemplar(point) for point in self.points[index]]
+        return _exemplar(self.points[index])
+
+    def __iter__(self) -> Iterator[Exemplar]:
+        return map(_exemplar, self.points)
+
+    def __repr__(self) -> str:
+        return f"ScalarBlock({len(self.points)} points)"
+
+    def __deepcopy__(self, _memo: dict) -> list[dict[str, Any]]:
+        # ``dataclasses.asdict`` (``MetricsData.to_json``) deep-copies sequence types it does not know
+        # instead of walking them; this gives it what walking a list of ``Exemplar`` s would.
+        return [dataclasses.asdict(exemplar) for exemplar in self]
+
+
+def _exemplar(point: Point) -> Exemplar:
+    value, step, walltime, _tag, _log_dir, extra = point
+    attributes: dict[str, Any] = {} if step is None else {STEP: step}
+    if extra:
+        attributes.update(extra)
+    return Exemplar(attributes, value, nanoseconds(walltime))
+
+
+def block_of(context: Context | None) -> ScalarBlock | None:
+    """The block a measurement carries in its context (see :class:`Recorder`), if any."""
+    if context is None:
+        return None
+    block = get_value(_BLOCK, context)
+    return block if isinstance(block, ScalarBlock) else None
 
 
 class _Once:
@@ -72,8 +145,8 @@ def _measure(instrument: Any) -> Any:
         return None
     from opentelemetry.sdk.metrics._internal.measurement import Measurement  # noqa: PLC0415
 
-    def measure(value: float, time_unix_nano: int, attributes: Mapping[str, Any]) -> None:
-        consumer.consume_measurement(Measurement(value, time_unix_nano, real, get_current(), attributes))
+    def measure(value: float, time_unix_nano: int, attributes: Mapping[str, Any], context: Context) -> None:
+        consumer.consume_measurement(Measurement(value, time_unix_nano, real, context, attributes))
 
     return measure
 
@@ -142,34 +215,42 @@ class Recorder:
             self._hparam.set(1, attributes)
 
     def drain(self) -> int:
-        """Hands every pending point to the SDK; returns how many."""
+        """Hands every pending point to the SDK, one measurement per series; returns how many points."""
         with self._drain_lock:
             measure = self._measure or _measure(self._scalar)
             self._measure = measure
+            series: dict[tuple[str, str | None], list[Point]] = {}
             pending = self._pending
+            popleft = pending.popleft
             count = 0
             while pending:
                 try:
-                    value, step, walltime, tag, log_dir, extra = pending.popleft()
+                    point = popleft()
                 except IndexError:  # another thread emptied it
                     break
+                key = (point[3], point[4])
+                found = series.get(key)
+                if found is None:
+                    series[key] = [point]
+                else:
+                    found.append(point)
+                count += 1
+            current = get_current()
+            for (tag, log_dir), points in series.items():
                 attributes: dict[str, Any] = {TAG: tag}
                 if log_dir is not None:
                     attributes[LOG_DIR] = log_dir
-                if step is not None:
-                    attributes[STEP] = step
-                if extra:
-                    attributes.update(extra)
-                count += 1
+                value, _step, walltime = points[-1][:3]
+                context = set_value(_BLOCK, ScalarBlock(points), current)
                 if measure is not None:
-                    measure(value, _nanoseconds(walltime), attributes)
+                    measure(value, nanoseconds(walltime), attributes, context)
                 elif math.isfinite(value):
-                    self._scalar.set(value, attributes)
+                    self._scalar.set(value, attributes, context)
                 else:
                     warn_once(
                         "nonfinite",
-                        "%s: this MeterProvider is not the OpenTelemetry SDK; non-finite values "
-                        "(NaN, inf) cannot be recorded and are skipped",
+                        "%s: this MeterProvider is not the OpenTelemetry SDK; a series whose last value is not "
+                        "finite (NaN, inf) cannot be recorded and is skipped",
                         SCALAR,
                     )
             self._captured += count

@@ -7,6 +7,12 @@ tags x writers, and gives each series a reservoir that keeps every offered measu
 exemplar: its value, its own time (the call's wall time) and the dropped per-point attributes
 (``tensorboard.step``, metadata) as ``filtered_attributes``. The exemplar filter must be
 ``always_on`` for the reservoir to be offered anything.
+
+The recorder offers each series once per collection, with a
+:class:`~opentelemetry.instrumentation.tensorboard.capture.ScalarBlock` of all its points in the
+measurement's context; the reservoir keeps the blocks (no copy, shared by every reader) and hands
+them out merged as one block. Measurements offered one by one (without a block) are kept as single
+exemplars.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from opentelemetry.instrumentation.tensorboard.capture import (
     LOG_DIR,
     SCALAR,
     TAG,
+    ScalarBlock,
+    block_of,
     warn_once,
 )
 
@@ -49,14 +57,27 @@ class KeepAllExemplarReservoir(ExemplarReservoir):
 
     def __init__(self, **_: Any) -> None:
         self._lock = threading.Lock()
+        self._blocks: list[ScalarBlock] = []
         self._offered: list[tuple[float, int, Attributes]] = []
+        self._kept = 0
         _live.add(self)
 
     def offer(self, value: float, time_unix_nano: int, attributes: Attributes, context: Context) -> None:
+        block = block_of(context)
         with self._lock:
-            if len(self._offered) < MAX_POINTS:
+            room = MAX_POINTS - self._kept
+            if block is None and room > 0:
+                self._kept += 1
                 self._offered.append((value, time_unix_nano, attributes))
                 return
+            if block is not None and room > 0:
+                fits = len(block) <= room
+                if not fits:  # keep what fits, as one point at a time would
+                    block = ScalarBlock(block.points[:room])
+                self._kept += len(block)
+                self._blocks.append(block)
+                if fits:
+                    return
         warn_once(
             "reservoir-full",
             "%s: a reader has not collected %d points of one series; further points are not kept "
@@ -66,11 +87,20 @@ class KeepAllExemplarReservoir(ExemplarReservoir):
             MAX_POINTS,
         )
 
-    def collect(self, point_attributes: Attributes) -> list[Exemplar]:
+    def collect(self, point_attributes: Attributes) -> Sequence[Exemplar]:
         with self._lock:
+            blocks, self._blocks = self._blocks, []
             offered, self._offered = self._offered, []
+            self._kept = 0
+        if not offered:
+            if len(blocks) == 1:
+                return blocks[0]
+            if blocks:
+                return ScalarBlock([point for block in blocks for point in block.points])
+            return []
         keys = point_attributes.keys() if point_attributes else ()
-        return [
+        exemplars = [exemplar for block in blocks for exemplar in block]
+        exemplars += [
             Exemplar(
                 {k: v for k, v in attributes.items() if k not in keys} if attributes else None,
                 value,
@@ -78,11 +108,14 @@ class KeepAllExemplarReservoir(ExemplarReservoir):
             )
             for value, time_unix_nano, attributes in offered
         ]
+        return exemplars
 
     def _after_fork(self) -> None:
         # The parent's points are the parent's to export; a forked child starts empty and unlocked.
         self._lock = threading.Lock()
+        self._blocks = []
         self._offered = []
+        self._kept = 0
 
 
 def _reset_after_fork() -> None:

@@ -1,0 +1,159 @@
+"""The delivery process: the training process never imports MLflow, and the helper lives and ends with it."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from mlflow_readback import T0, Mlflow, unique, wait_for
+from support.env import subprocess_env
+
+PYTHON = sys.executable
+INSTRUMENT = str(Path(sys.executable).with_name("opentelemetry-instrument"))
+HEAVY = ("mlflow", "requests", "sqlalchemy")
+
+ZERO_CODE = textwrap.dedent(
+    f"""
+    import json, math, sys
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter("runs/train")
+    for step in range(2_000):
+        writer.add_scalar("loss", math.nan if step == 7 else 1 / (step + 1), step, walltime={T0} + step / 1000)
+    writer.close()
+    print(json.dumps(sorted(name for name in {HEAVY!r} if name in sys.modules)), flush=True)
+    """
+)
+
+FROM_CODE = textwrap.dedent(
+    f"""
+    import json, sys
+    import tracelet
+    from torch.utils.tensorboard import SummaryWriter
+
+    tracelet.start_logging(exp_name="light", backend="mlflow")
+    writer = SummaryWriter("runs/train")
+    for step in range(500):
+        writer.add_scalar("loss", step * 0.5, step)
+    tracelet.stop_logging()
+    print(json.dumps(sorted(name for name in {HEAVY!r} if name in sys.modules)), flush=True)
+    """
+)
+
+KILLED = textwrap.dedent(
+    """
+    import os, sys, time
+    import tracelet
+    from torch.utils.tensorboard import SummaryWriter
+
+    tracelet.start_logging(exp_name="victim", backend="mlflow", export_interval=0.2)
+    writer = SummaryWriter("runs/train")
+    for step in range(300):
+        writer.add_scalar("loss", step * 0.5, step)
+    print(os.getpid(), flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
+@pytest.mark.parametrize("store", ["sqlite", "server"])
+def test_zero_code_training_process_imports_no_mlflow(mlflow_env, tmp_path: Path, store: str) -> None:
+    (tmp_path / "train.py").write_text(ZERO_CODE)
+    experiment = unique("light")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}" if store == "sqlite" else mlflow_env.uri
+    env = subprocess_env(
+        MLFLOW_TRACKING_URI=uri,
+        MLFLOW_EXPERIMENT_NAME=experiment,
+        OTEL_METRICS_EXPORTER="mlflow",
+        TRACELET_SPOOL_DIR=str(tmp_path / "spool"),
+    )
+    done = subprocess.run(
+        [INSTRUMENT, PYTHON, "train.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == []  # none of mlflow, requests, sqlalchemy
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    history = sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)
+    assert [m.step for m in history] == list(range(2_000))
+    assert history[7].value != history[7].value  # NaN
+    # The wall time TensorBoard wrote (a double), floored to the millisecond exactly.
+    assert [m.timestamp for m in history] == [math.floor(Fraction(T0 + s / 1000) * 1000) for s in range(2_000)]
+    assert run.info.status == "FINISHED"
+
+
+def test_start_logging_imports_no_mlflow(mlflow_env, tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text(FROM_CODE)
+    experiment = unique("light")
+    env = subprocess_env(
+        MLFLOW_TRACKING_URI=mlflow_env.uri,
+        MLFLOW_EXPERIMENT_NAME=experiment,
+        TRACELET_SPOOL_DIR=str(tmp_path / "spool"),
+    )
+    done = subprocess.run([PYTHON, "train.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == []
+    mlflow = Mlflow(mlflow_env.uri)
+    run = mlflow.only_run(experiment)
+    assert run["info"]["status"] == "FINISHED"
+    assert [row[0] for row in mlflow.history(run["info"]["run_id"], "train/loss")] == list(range(500))
+
+
+def test_sigkill_of_the_training_process_ends_its_run_killed(mlflow_env, tmp_path: Path) -> None:
+    """What reached the helper before the kill is delivered, the run ends KILLED, and the helper exits."""
+    (tmp_path / "train.py").write_text(KILLED)
+    experiment = unique("sigkill")
+    env = subprocess_env(
+        MLFLOW_TRACKING_URI=mlflow_env.uri,
+        MLFLOW_EXPERIMENT_NAME=experiment,
+        TRACELET_SPOOL_DIR=str(tmp_path / "spool"),
+    )
+    process = subprocess.Popen(
+        [PYTHON, "train.py"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    pid = int(process.stdout.readline())
+    mlflow = Mlflow(mlflow_env.uri)
+
+    def delivered() -> int:
+        run = mlflow.runs(experiment)
+        return len(mlflow.history(run[0]["info"]["run_id"], "train/loss")) if run else 0
+
+    wait_for(lambda: delivered() == 300, what="the points exported before the kill")
+    helpers = _children(pid)
+    assert len(helpers) == 1
+    os.kill(pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    deadline = time.monotonic() + 60
+    while not _gone(helpers[0]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(helpers[0]), "the delivery process outlived its parent"
+    process.communicate(timeout=30)
+    run = mlflow.only_run(experiment)
+    assert run["info"]["status"] == "KILLED"
+    assert [row[0] for row in mlflow.history(run["info"]["run_id"], "train/loss")] == list(range(300))
