@@ -19,7 +19,6 @@ from torch.utils.tensorboard import SummaryWriter
 from opentelemetry.exporter.mlflow import MlflowMetricExporter
 from opentelemetry.exporter.mlflow.mapping import RunBatch
 from opentelemetry.exporter.mlflow.spool import read
-from opentelemetry.exporter.mlflow.worker import DELIVERY_ENV
 from opentelemetry.instrumentation.tensorboard.configurator import meter_provider
 
 
@@ -148,8 +147,7 @@ def test_no_arguments_and_no_server_write_the_local_sqlite_store(monkeypatch, tm
     assert math.isnan(history[3].value) and history[10].value == 10 / 7
 
 
-def test_spooled_rows_keep_their_order_across_spills_and_shutdown(monkeypatch, tmp_path: Path) -> None:
-    monkeypatch.setenv(DELIVERY_ENV, "thread")  # the sender's state is looked at below
+def test_spooled_rows_keep_their_order_across_spills_and_shutdown(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     exporter = MlflowMetricExporter(
         f"http://127.0.0.1:{free_port()}",  # MLflow never answers
@@ -170,7 +168,7 @@ def test_spooled_rows_keep_their_order_across_spills_and_shutdown(monkeypatch, t
                 step += 1
             reader.collect()
             if step == 50:
-                wait_for(lambda: exporter._delivery.sender._inflight is not None, what="the first request in flight")
+                wait_for(lambda: exporter._sender._inflight is not None, what="the first request in flight")
         writer.close()
         provider.shutdown()
     steps = [

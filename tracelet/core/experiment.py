@@ -15,8 +15,8 @@ import operator
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -25,6 +25,7 @@ from opentelemetry.metrics import _Gauge as Gauge
 from opentelemetry.sdk.metrics import MeterProvider
 
 from opentelemetry.exporter.mlflow.mapping import EXPERIMENT_NAME, RUN_NAME, RUN_TAG, SERVICE_NAME, TAG_NAME, TAG_VALUE
+from opentelemetry.instrumentation.tensorboard import lifecycle
 from opentelemetry.instrumentation.tensorboard.capture import Recorder
 from opentelemetry.instrumentation.tensorboard.capture import flatten_params as _flatten
 from opentelemetry.instrumentation.tensorboard.reservoir import TensorBoardView
@@ -150,7 +151,8 @@ class Experiment:
         if instruments is not None:
             self._attempt("hand over the last points", instruments.recorder.drain)
         if pipeline is not None:
-            with _ending_as(status):
+            # A ``with`` block's exception fails this run, not the process: its outcome is set for the close.
+            with lifecycle.ending_as(status) if status else nullcontext():
                 self._attempt("deliver the last points", pipeline.close)
 
     def _attempt(self, what: str, action: Any) -> None:
@@ -276,27 +278,6 @@ class Experiment:
             "(the OpenTelemetry SDK cannot add readers or change the resource of a running MeterProvider)",
             ", ".join(ignored),
         )
-
-
-@contextmanager
-def _ending_as(status: str | None) -> Iterator[None]:
-    """Makes the MLflow exporter end its runs with ``status`` when the pipeline closes inside this block.
-
-    The exporter reads the process's outcome (FAILED after an uncaught exception, KILLED after
-    SIGTERM) when it shuts down; an exception that a ``with`` block saw but the process survives
-    must fail this run only, so the outcome is set for the duration of the close and restored.
-    """
-    if status is None:
-        yield
-        return
-    from opentelemetry.exporter.mlflow import lifecycle  # noqa: PLC0415
-
-    previous = lifecycle._outcome
-    lifecycle._outcome = previous or status
-    try:
-        yield
-    finally:
-        lifecycle._outcome = previous
 
 
 def _name(what: str, name: Any) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 from opentelemetry.metrics import get_meter_provider
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 
 from opentelemetry.exporter.mlflow.mapping import (
@@ -32,8 +32,9 @@ from opentelemetry.exporter.mlflow.mapping import (
     WORLD_SIZE,
 )
 from opentelemetry.exporter.mlflow.resource import MlflowResourceDetector
-from opentelemetry.instrumentation.tensorboard import TensorBoardInstrumentor
+from opentelemetry.instrumentation.tensorboard import TensorBoardInstrumentor, export_process
 from opentelemetry.instrumentation.tensorboard.configurator import console_json, default_service_name, meter_provider
+from opentelemetry.instrumentation.tensorboard.export_process import ProcessMetricExporter
 from opentelemetry.instrumentation.tensorboard.reservoir import has_views
 from tracelet.settings import TraceletSettings
 
@@ -145,16 +146,26 @@ def _interval_ms(settings: TraceletSettings) -> float:
     return settings.export_interval * 1000
 
 
+def _pushed(exporter_class: type[MetricExporter], **kwargs: Any) -> tuple[MetricExporter, MetricExporter]:
+    """The exporter to read into (in a helper process, see ``export_process``) and the one made in this process."""
+    if not export_process.enabled():
+        exporter = exporter_class(**kwargs)
+        return exporter, exporter
+    wrapped = ProcessMetricExporter(exporter_class, kwargs)
+    return wrapped, wrapped.exporter
+
+
 def _mlflow(settings: TraceletSettings, pipeline: Pipeline) -> MetricReader:
     from opentelemetry.exporter.mlflow import MlflowMetricExporter  # noqa: PLC0415
 
-    exporter = MlflowMetricExporter(
+    exporter, local = _pushed(
+        MlflowMetricExporter,
         tracking_uri=settings.tracking_uri,
         experiment_name=settings.project,
         run_id=settings.run_id,
         spool_dir=settings.spool_dir,
     )
-    pipeline.tracking_uri = exporter.tracking_uri
+    pipeline.tracking_uri = local.tracking_uri  # type: ignore[attr-defined]
     return PeriodicExportingMetricReader(exporter, export_interval_millis=_interval_ms(settings))
 
 
@@ -169,7 +180,7 @@ def otlp_url(endpoint: str | None) -> str | None:
 def _otlp(settings: TraceletSettings, _pipeline: Pipeline) -> MetricReader:
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter  # noqa: PLC0415
 
-    exporter = OTLPMetricExporter(endpoint=otlp_url(settings.otlp_endpoint))
+    exporter, _ = _pushed(OTLPMetricExporter, endpoint=otlp_url(settings.otlp_endpoint))
     return PeriodicExportingMetricReader(exporter, export_interval_millis=_interval_ms(settings))
 
 

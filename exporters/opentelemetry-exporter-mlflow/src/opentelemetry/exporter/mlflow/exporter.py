@@ -1,14 +1,15 @@
 """The OpenTelemetry ``MetricExporter`` that writes every captured point into MLflow runs.
 
-``export()`` packs the collection into one frame (:mod:`~opentelemetry.exporter.mlflow.frames`)
-and hands it to the delivery process the exporter starts (:mod:`~opentelemetry.exporter.mlflow.
-worker`), which maps it (:class:`~opentelemetry.exporter.mlflow.mapping.Mapper`) and delivers it
-(:class:`~opentelemetry.exporter.mlflow.sender.Sender`: in order, retrying while MLflow is
-unavailable, spooling to disk beyond ``max_queue_points``). The exporting process never imports
-``mlflow``, ``requests`` or SQLAlchemy and does no per-point work. Shutdown ends the runs with the
-process's outcome (see :mod:`~opentelemetry.exporter.mlflow.lifecycle`): it waits at most
-``export_timeout`` seconds for delivery, except when the process was killed (SIGTERM, Ctrl-C):
-then it only hands over, and the delivery process finishes on its own.
+``export()`` maps the collection (:class:`~opentelemetry.exporter.mlflow.mapping.Mapper`) and
+queues the rows; a :class:`~opentelemetry.exporter.mlflow.sender.Sender` thread delivers them, in
+order, retrying while MLflow is unavailable, spooling to disk beyond ``max_queue_points``.
+Shutdown ends the runs with the process's outcome (see
+:mod:`~opentelemetry.instrumentation.tensorboard.lifecycle`) after at most ``export_timeout``
+seconds of delivery (``KILLED_GRACE`` when the process is being killed).
+
+Under the ``tensorboard`` configurator and ``tracelet.start_logging`` this exporter runs in a helper
+process (:mod:`~opentelemetry.instrumentation.tensorboard.export_process`), so none of this work,
+nor ``import mlflow``, happens in the training process.
 """
 
 from __future__ import annotations
@@ -42,10 +43,12 @@ from opentelemetry.sdk.metrics.export import (
     MetricsData,
 )
 
-from opentelemetry.exporter.mlflow import frames, lifecycle, worker
 from opentelemetry.exporter.mlflow.delivery import check_tracking_uri, default_tracking_uri
-from opentelemetry.exporter.mlflow.mapping import SCALAR
+from opentelemetry.exporter.mlflow.mapping import SCALAR, Mapper
+from opentelemetry.exporter.mlflow.sender import Sender
 from opentelemetry.exporter.mlflow.spool import default_spool_dir
+from opentelemetry.instrumentation.tensorboard import lifecycle
+from opentelemetry.instrumentation.tensorboard.export_process import KILLED_GRACE
 
 _logger = logging.getLogger(__name__)
 
@@ -127,19 +130,17 @@ class MlflowMetricExporter(MetricExporter):
         self.request_timeout = float(request_timeout)
         self.experiment_name = experiment_name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or None
         self._pid = os.getpid()
-        self._config: dict[str, Any] = {
-            "tracking_uri": self.tracking_uri,
-            "experiment_name": self.experiment_name,
-            "experiment_id": self.experiment_id,
-            "run_id": self.run_id,
-            "spool_dir": str(self.spool_dir),
-            "instance": str(uuid.uuid4()),
-            "source_tags": _source_tags(),
-            "max_queue_points": max_queue_points,
-            "export_timeout": self.export_timeout,
-            "request_timeout": self.request_timeout,
-        }
-        self._delivery: worker.DeliveryProcess | worker.InThreadDelivery | None = None
+        self._mapper = Mapper(self.experiment_name)
+        self._sender = Sender(
+            self.tracking_uri,
+            self.spool_dir,
+            experiment_id=self.experiment_id,
+            run_id=self.run_id,
+            instance=str(uuid.uuid4()),
+            source_tags=_source_tags(),
+            max_queue_points=max_queue_points,
+            request_timeout=self.request_timeout,
+        )
         self._closed = False
         self._reported: set[str] = set()
 
@@ -150,59 +151,47 @@ class MlflowMetricExporter(MetricExporter):
 
     @property
     def delivered_points(self) -> int:
-        """Points MLflow has taken so far (as the delivery process last reported)."""
-        return self._delivery.delivered_points if self._delivery is not None else 0
+        """Points MLflow has taken so far."""
+        return self._sender.delivered_points
 
     # MetricExporter -----------------------------------------------------------------------------
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
-        """Hands the points to delivery; never waits for MLflow."""
+        """Maps and queues; never waits for MLflow."""
         if os.getpid() != self._pid:
             self._forked_export(metrics_data)
             return MetricExportResult.SUCCESS
         if self._closed:
             return MetricExportResult.FAILURE
         try:
-            payload = frames.encode(metrics_data)
+            batches = self._mapper.from_sdk(metrics_data)
         except Exception as exc:  # noqa: BLE001 - one bad collection must not stop the next ones
             self._report("map", "MLflow exporter: a collection could not be mapped and is skipped (%r)", exc)
             return MetricExportResult.FAILURE
-        if payload is None:
-            return MetricExportResult.SUCCESS
-        if self._delivery is None:
-            self._delivery = worker.start(self._config)
-        self._delivery.send(payload)
+        if batches:
+            self._sender.submit(batches)
         return MetricExportResult.SUCCESS
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        """Waits until everything exported so far is in MLflow; ``False`` if not within the timeout.
-
-        When the process is being killed (SIGTERM, an uncaught Ctrl-C) it does not wait: the points
-        are handed over, and the delivery process delivers them.
-        """
-        if os.getpid() != self._pid or self._delivery is None or lifecycle.killed():
+        """Waits until everything queued so far is in MLflow; ``False`` if not within the timeout."""
+        if os.getpid() != self._pid:
             return True
-        return self._delivery.flush(timeout_millis / 1000)
+        return self._sender.flush(timeout_millis / 1000)
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        """Ends the runs with the process's outcome; waits at most ``export_timeout`` for delivery.
-
-        A process that is being killed (SIGTERM, an uncaught Ctrl-C) does not wait: its delivery
-        process delivers for at most ``KILLED_GRACE`` seconds on its own, then spools the rest.
-        """
+        """Delivers for at most ``export_timeout`` seconds, spools the rest, ends the runs with the process's end."""
         if os.getpid() != self._pid or self._closed:
             return
         self._closed = True
-        if self._delivery is None:
-            return
-        timeout = max(0.0, min(self.export_timeout, float(kwargs.get("timeout", timeout_millis)) / 1000))
-        status = lifecycle.outcome()
+        timeout = min(self.export_timeout, float(kwargs.get("timeout", timeout_millis)) / 1000)
+        if lifecycle.killed():
+            timeout = min(timeout, KILLED_GRACE)
         with lifecycle.flushing():
-            self._delivery.close(status, timeout, wait=not lifecycle.killed())
+            self._sender.shutdown(lifecycle.outcome(), max(timeout, 0.0))
 
     def _at_exit(self) -> None:
         """Backstop for a provider that is never shut down."""
-        if os.getpid() == self._pid and not self._closed and self._delivery is not None:
+        if os.getpid() == self._pid and not self._closed and self._sender.started:
             self.shutdown()
 
     # Misc ---------------------------------------------------------------------------------------

@@ -294,8 +294,23 @@ def _walk_sdk(data: Any) -> Iterator[Flat]:
                 if metric.name not in MAPPED:
                     continue
                 for point in getattr(metric.data, "data_points", ()):
-                    exemplars = ((e.value, e.time_unix_nano, e.filtered_attributes) for e in point.exemplars or ())
+                    block = getattr(point.exemplars, "points", None)
+                    if block is not None:  # the TensorBoard instrumentation's ScalarBlock: read its points as they are
+                        exemplars: Iterable[Exemplar] = _block(block)
+                    else:
+                        exemplars = ((e.value, e.time_unix_nano, e.filtered_attributes) for e in point.exemplars or ())
                     yield resource, metric.name, point.attributes or {}, point.value, exemplars
+
+
+def _block(
+    rows: Iterable[tuple[float, int | None, float, str, str | None, Mapping[str, Any] | None]],
+) -> Iterator[Exemplar]:
+    """A ScalarBlock's points (value, step, wall time s, tag, log dir, extra) as exemplars, to the exact ms."""
+    for value, step, walltime, _tag, _log_dir, extra in rows:
+        attributes: dict[str, Any] = {} if step is None else {STEP: step}
+        if extra:
+            attributes.update(extra)
+        yield value, wall_ms(walltime) * 1_000_000, attributes
 
 
 def _any_value(value: Any) -> Any:

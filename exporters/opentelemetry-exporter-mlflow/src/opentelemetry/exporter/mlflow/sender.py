@@ -7,8 +7,8 @@ on disk, which the sender reads back first when MLflow answers again. Shutdown w
 timeout (not at all while MLflow is known to be unavailable), spools what is left and says how to
 send it (``tracelet upload``), then sets the runs' terminal status.
 
-It runs in the delivery process the exporter starts (:mod:`~opentelemetry.exporter.mlflow.worker`),
-or on a thread of the exporting process when that process cannot be started.
+It is the MLflow exporter's delivery, wherever the exporter runs (in the helper process of
+:mod:`~opentelemetry.instrumentation.tensorboard.export_process`, or in process).
 """
 
 from __future__ import annotations
@@ -122,6 +122,11 @@ class Sender:
         if self._closed:
             return
         self._shutdown(status, max(timeout, 0.0))
+
+    @property
+    def started(self) -> bool:
+        """Whether anything was ever submitted."""
+        return self._thread is not None
 
     @property
     def unavailable(self) -> bool:

@@ -96,6 +96,9 @@ class ScalarBlock(Sequence[Exemplar]):
     def __repr__(self) -> str:
         return f"ScalarBlock({len(self.points)} points)"
 
+    def __reduce__(self) -> tuple[type[ScalarBlock], tuple[list[Point]]]:
+        return ScalarBlock, (self.points,)
+
     def __deepcopy__(self, _memo: dict) -> list[dict[str, Any]]:
         # ``dataclasses.asdict`` (``MetricsData.to_json``) deep-copies sequence types it does not know
         # instead of walking them; this gives it what walking a list of ``Exemplar`` s would.

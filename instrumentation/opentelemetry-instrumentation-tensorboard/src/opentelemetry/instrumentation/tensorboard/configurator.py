@@ -3,8 +3,10 @@
 The SDK's stock configurator builds the ``MeterProvider`` without Views and with the
 ``trace_based`` exemplar filter, so only the last value per collection would survive. This
 configurator builds it with :func:`~opentelemetry.instrumentation.tensorboard.reservoir` and the
-``always_on`` filter; everything else (exporters chosen by ``OTEL_METRICS_EXPORTER``, traces,
-logs, resource) is the SDK's own. The distro selects it and sets defaults fit for a training job.
+``always_on`` filter, and runs each push exporter chosen by ``OTEL_METRICS_EXPORTER`` (but the
+console's) in a helper process (:mod:`~opentelemetry.instrumentation.tensorboard.export_process`);
+everything else (traces, logs, resource) is the SDK's own. The distro selects it and sets
+defaults fit for a training job.
 
 Entry points: ``opentelemetry_distro`` and ``opentelemetry_configurator``, both ``tensorboard``.
 When another distro is installed too (e.g. ``opentelemetry-distro``), choose this one with
@@ -37,6 +39,7 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 
+from opentelemetry.instrumentation.tensorboard import export_process
 from opentelemetry.instrumentation.tensorboard.reservoir import views
 
 _DETECTORS = "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS"
@@ -86,8 +89,10 @@ def _init_metrics(
             args = {"formatter": console_json, **args}
         if issubclass(cls, MetricReader):
             readers.append(cls(**args))
-        else:
+        elif cls is ConsoleMetricExporter or not export_process.enabled():
             readers.append(PeriodicExportingMetricReader(cls(**args)))
+        else:
+            readers.append(PeriodicExportingMetricReader(export_process.ProcessMetricExporter(cls, args)))
     set_meter_provider(meter_provider(readers, resource, _meter_configurator=meter_configurator))
 
 
