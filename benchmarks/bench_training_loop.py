@@ -8,7 +8,9 @@ calls per step) runs in its own process, once per mode, in alternating order:
 - ``server``: the same, into a real ``mlflow server`` (started here, one worker);
 - ``start_logging``: ``tracelet.start_logging(backend="mlflow")`` in the script, same server;
 - ``collector``: ``opentelemetry-instrument`` exporting OTLP to the real collector (``otel-collector.yaml``),
-  which forwards to ``tracelet receive`` and the same server.
+  which forwards to ``tracelet receive`` and the same server;
+- ``otlp``: the same export to an OTLP endpoint that discards what it gets (tracelet's part of the
+  collector route, without the collector, receiver and server working on the same machine).
 
 Each run warms up, then times ``--seconds`` of steps (default 32 s: at least six exports at the 5 s
 interval fall inside), then gets SIGTERM while still training. Printed per route:
@@ -37,23 +39,28 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support.collector import Collector, build_collector, free_port, stop_process
 from support.mlflow_server import MlflowServer
 
-ROUTES = ("sqlite", "server", "start_logging", "collector")
+ROUTES = ("sqlite", "server", "start_logging", "collector", "otlp")
 PYTHON = sys.executable
 INSTRUMENT = str(Path(sys.executable).with_name("opentelemetry-instrument"))
 
 LOOP = textwrap.dedent(
     """
     import json, os, resource, sys, time
-    mode, seconds, scalars = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+    mode, seconds, scalars, warm_up = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+    if sys.argv[5] == "orderly":  # what an orderly exit (SystemExit and atexit) costs without tracelet
+        import signal
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if mode == "start_logging":
         import tracelet
         tracelet.start_logging(exp_name="bench", project="bench-start_logging", backend="mlflow")
@@ -95,7 +102,7 @@ LOOP = textwrap.dedent(
     n = 0
     step(n)
     print(json.dumps({"event": "first_step", "t": time.time()}), flush=True)
-    warm = time.perf_counter() + 2.0
+    warm = time.perf_counter() + warm_up
     while time.perf_counter() < warm:
         n += 1
         step(n)
@@ -104,10 +111,10 @@ LOOP = textwrap.dedent(
     while time.perf_counter() < end:
         n += 1
         step(n)
-    elapsed = time.perf_counter() - start
+    elapsed = max(time.perf_counter() - start, 1e-9)
     kids = children()
     print(json.dumps({
-        "event": "timed", "us_per_step": elapsed / (n - first) * 1e6, "steps": n - first,
+        "event": "timed", "us_per_step": elapsed / max(n - first, 1) * 1e6, "steps": n - first,
         "rss_kb": peak_kb(), "children": kids, "children_rss_kb": sum(peak_kb(pid) for pid in kids),
     }), flush=True)
     deadline = time.perf_counter() + 300
@@ -135,8 +142,10 @@ class Bench:
     scalars: int
     server: MlflowServer | None = None
     collector: Collector | None = None
+    sink: str | None = None
     receiver: subprocess.Popen | None = None
     results: dict[str, list[Result]] = field(default_factory=dict)
+    launches: dict[str, list[Result]] = field(default_factory=dict)
     runs: int = 0
 
     def env(self, mode: str) -> tuple[list[str], dict[str, str]]:
@@ -153,12 +162,14 @@ class Bench:
             if mode == "server":
                 env["OTEL_METRICS_EXPORTER"] = "mlflow"
                 command = [INSTRUMENT, PYTHON]
-        elif mode == "collector":
-            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.collector.otlp_http_url  # type: ignore[union-attr]
+        elif mode in ("collector", "otlp"):
+            endpoint = self.collector.otlp_http_url if mode == "collector" else self.sink  # type: ignore[union-attr]
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = str(endpoint)
             command = [INSTRUMENT, PYTHON]
         return command, env
 
-    def run(self, mode: str) -> Result:
+    def run(self, mode: str, quick: bool = False) -> Result:
+        """One process: the timed loop then SIGTERM; ``quick``: SIGTERM right after the first step."""
         self.runs += 1
         workdir = self.root / f"run-{self.runs}-{mode}"
         workdir.mkdir()
@@ -167,7 +178,15 @@ class Bench:
         log = (workdir / "stderr.log").open("wb")
         launched = time.time()
         process = subprocess.Popen(
-            [*command, "loop.py", mode, str(self.seconds), str(self.scalars)],
+            [
+                *command,
+                "loop.py",
+                mode,
+                "0" if quick else str(self.seconds),
+                str(self.scalars),
+                "0" if quick else "2",
+                "orderly" if quick and mode == "plain" else "-",
+            ],
             cwd=workdir,
             env=env,
             stdout=subprocess.PIPE,
@@ -199,7 +218,9 @@ class Bench:
             sigterm,
             drain,
         )
-        self.results.setdefault(mode, []).append(result)
+        (self.launches if quick else self.results).setdefault(mode, []).append(result)
+        if quick:
+            return result
         print(
             f"  {mode:<14} {result.us_per_step:8.1f} us/step  start-up {result.startup:5.2f} s  "
             f"RSS {result.rss_mb:6.0f} MB (+{result.children_rss_mb:.0f} MB in helpers)  "
@@ -207,6 +228,25 @@ class Bench:
             flush=True,
         )
         return result
+
+
+def discarding_sink() -> str:
+    """An OTLP/HTTP endpoint on 127.0.0.1 that answers 200 and forgets the body; its base URL."""
+
+    class Discard(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Discard)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def wait_gone(pids: list[int], limit: float = 300.0) -> float:
@@ -237,6 +277,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--scalars", type=int, default=8, help="add_scalar calls per step (K)")
     parser.add_argument("--routes", default=",".join(ROUTES))
+    parser.add_argument("--launches", type=int, default=5, help="short runs per mode for start-up and exit times")
     args = parser.parse_args()
     routes = [r.strip() for r in args.routes.split(",") if r.strip()]
     unknown = set(routes) - set(ROUTES)
@@ -253,6 +294,8 @@ def main() -> None:
             from mlflow.tracking import MlflowClient  # noqa: PLC0415
 
             MlflowClient(f"sqlite:///{bench.root / 'store.db'}").search_experiments()
+        if "otlp" in routes:
+            bench.sink = discarding_sink()
         if "collector" in routes:
             port = free_port()
             with niced():
@@ -276,6 +319,10 @@ def main() -> None:
                 for route in routes if round_ % 2 == 0 else routes[::-1]:
                     bench.run("plain")
                     bench.run(route)
+            print(f"start-up and exit: {args.launches} short runs per mode")
+            for _ in range(args.launches):
+                for mode in ["plain", *routes]:
+                    bench.run(mode, quick=True)
         finally:
             if bench.collector is not None:
                 bench.collector.stop()
@@ -283,7 +330,7 @@ def main() -> None:
                 stop_process(bench.receiver)
             if bench.server is not None:
                 bench.server.stop()
-        report(bench.results, routes)
+        report(bench.results, bench.launches, routes)
 
 
 @contextlib.contextmanager
@@ -298,25 +345,36 @@ def niced() -> Iterator[None]:
             os.setpriority(os.PRIO_PROCESS, 0, before)
 
 
-def report(results: dict[str, list[Result]], routes: list[str]) -> None:
+def report(results: dict[str, list[Result]], launches: dict[str, list[Result]], routes: list[str]) -> None:
     none, plain = median(results["none"], "us_per_step"), median(results["plain"], "us_per_step")
     tensorboard = plain - none
     print()
     print(f"no logging {none:.1f} us/step; TensorBoard alone {plain:.1f} us/step (its own cost {tensorboard:.1f} us)")
-    print(f"{'route':<14} {'us/step':>8} {'share':>6} {'start-up':>9} {'RSS':>8} {'helpers':>8} {'SIGTERM':>8}")
+    quick = launches.get("plain", [])
+    if quick:
+        print(
+            f"TensorBoard alone: start-up {median(quick, 'startup'):.2f} s; an orderly exit on SIGTERM "
+            f"(SystemExit, atexit) {median(quick, 'sigterm'):.2f} s"
+        )
+    print(
+        f"{'route':<14} {'us/step':>8} {'share':>6} {'start-up':>9} {'RSS':>8} {'helpers':>8} "
+        f"{'SIGTERM':>8} {'SIGTERM@0':>9}"
+    )
     base = results["plain"]
     for route in routes:
         runs = results[route]
         us = median(runs, "us_per_step")
         share = (us - plain) / tensorboard
+        startup = (median(launches[route], "startup") - median(quick, "startup")) if quick else float("nan")
+        early = median(launches[route], "sigterm") if quick else float("nan")
         print(
-            f"{route:<14} {us:8.1f} {share:6.2f} "
-            f"{median(runs, 'startup') - median(base, 'startup'):+8.2f}s "
+            f"{route:<14} {us:8.1f} {share:6.2f} {startup:+8.2f}s "
             f"{median(runs, 'rss_mb') - median(base, 'rss_mb'):+6.0f}MB "
             f"{median(runs, 'children_rss_mb'):6.0f}MB "
-            f"{median(runs, 'sigterm'):7.2f}s"
+            f"{median(runs, 'sigterm'):7.2f}s {early:8.2f}s"
         )
-    print("share = (instrumented - plain) / (plain - none); goal <= 0.10. Medians over rounds.")
+    print("share = (instrumented - plain) / (plain - none); goal <= 0.10. start-up: first step, instrumented - plain.")
+    print("SIGTERM: after the timed part; SIGTERM@0: right after the first step. Medians.")
 
 
 if __name__ == "__main__":
