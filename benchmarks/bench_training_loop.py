@@ -13,13 +13,17 @@ calls per step) runs in its own process, once per mode, in alternating order:
   collector route, without the collector, receiver and server working on the same machine).
 
 Each run warms up, then times ``--seconds`` of steps (default 32 s: at least six exports at the 5 s
-interval fall inside), then gets SIGTERM while still training. Printed per route:
+interval fall inside), then gets SIGTERM while still training; a round is ``none, plain, route,
+plain, route, plain, ...``. Then ``--launches`` short runs per mode (SIGTERM right after the first
+step; ``plain`` with a SIGTERM handler that exits the orderly way, as tracelet's does). Printed per
+route:
 
 - ``share``: tracelet's extra time per step as a share of TensorBoard's own cost per step,
-  ``(instrumented - plain) / (plain - none)``: the goal is at most 0.10;
-- ``start-up``: process start to first step, instrumented minus plain;
-- ``RSS``: the training process's peak RSS, instrumented minus plain (delivery processes listed apart);
-- ``SIGTERM``: signal to process exit.
+  ``(instrumented - plain) / (plain - none)``, each run against the plain runs next to it (the
+  machine's speed drifts by more than the effect): the goal is at most 0.10;
+- ``start-up``: process start to first step, instrumented minus plain (short runs);
+- ``RSS``: the training process's peak RSS, instrumented minus plain (helper processes listed apart);
+- ``SIGTERM``: signal to process exit, after the timed part and right after the first step.
 
 The servers (MLflow, the collector, the receiver) run at the lowest CPU priority: on a two-core
 machine they stand in for infrastructure that lives elsewhere, and must not take the training core.
@@ -146,6 +150,7 @@ class Bench:
     receiver: subprocess.Popen | None = None
     results: dict[str, list[Result]] = field(default_factory=dict)
     launches: dict[str, list[Result]] = field(default_factory=dict)
+    order: list[tuple[str, Result]] = field(default_factory=list)  # the timed runs as they ran
     runs: int = 0
 
     def env(self, mode: str) -> tuple[list[str], dict[str, str]]:
@@ -221,6 +226,7 @@ class Bench:
         (self.launches if quick else self.results).setdefault(mode, []).append(result)
         if quick:
             return result
+        self.order.append((mode, result))
         print(
             f"  {mode:<14} {result.us_per_step:8.1f} us/step  start-up {result.startup:5.2f} s  "
             f"RSS {result.rss_mb:6.0f} MB (+{result.children_rss_mb:.0f} MB in helpers)  "
@@ -316,9 +322,10 @@ def main() -> None:
             for round_ in range(args.rounds):
                 print(f"round {round_ + 1}/{args.rounds}")
                 bench.run("none")
+                bench.run("plain")
                 for route in routes if round_ % 2 == 0 else routes[::-1]:
-                    bench.run("plain")
                     bench.run(route)
+                    bench.run("plain")
             print(f"start-up and exit: {args.launches} short runs per mode")
             for _ in range(args.launches):
                 for mode in ["plain", *routes]:
@@ -330,7 +337,7 @@ def main() -> None:
                 stop_process(bench.receiver)
             if bench.server is not None:
                 bench.server.stop()
-        report(bench.results, bench.launches, routes)
+        report(bench, routes)
 
 
 @contextlib.contextmanager
@@ -345,11 +352,34 @@ def niced() -> Iterator[None]:
             os.setpriority(os.PRIO_PROCESS, 0, before)
 
 
-def report(results: dict[str, list[Result]], launches: dict[str, list[Result]], routes: list[str]) -> None:
+def shares(bench: Bench, route: str) -> list[float]:
+    """Per run of ``route``: (it - its neighbouring plain runs) / (those plain runs - no logging).
+
+    The machine's speed drifts by more than the effect measured; each run is compared with the
+    TensorBoard-only runs just before and after it, and the no-logging run of its round.
+    """
+    found = []
+    none = None
+    for index, (mode, result) in enumerate(bench.order):
+        if mode == "none":
+            none = result.us_per_step
+        if mode != route or none is None:
+            continue
+        neighbours = [
+            bench.order[i][1].us_per_step
+            for i in (index - 1, index + 1)
+            if 0 <= i < len(bench.order) and bench.order[i][0] == "plain"
+        ]
+        plain = statistics.mean(neighbours)
+        found.append((result.us_per_step - plain) / (plain - none))
+    return found
+
+
+def report(bench: Bench, routes: list[str]) -> None:
+    results, launches = bench.results, bench.launches
     none, plain = median(results["none"], "us_per_step"), median(results["plain"], "us_per_step")
-    tensorboard = plain - none
     print()
-    print(f"no logging {none:.1f} us/step; TensorBoard alone {plain:.1f} us/step (its own cost {tensorboard:.1f} us)")
+    print(f"no logging {none:.1f} us/step; TensorBoard alone {plain:.1f} us/step (its own cost {plain - none:.1f} us)")
     quick = launches.get("plain", [])
     if quick:
         print(
@@ -357,23 +387,24 @@ def report(results: dict[str, list[Result]], launches: dict[str, list[Result]], 
             f"(SystemExit, atexit) {median(quick, 'sigterm'):.2f} s"
         )
     print(
-        f"{'route':<14} {'us/step':>8} {'share':>6} {'start-up':>9} {'RSS':>8} {'helpers':>8} "
+        f"{'route':<14} {'us/step':>8} {'share':>6} {'(runs)':>14} {'start-up':>9} {'RSS':>7} {'helpers':>8} "
         f"{'SIGTERM':>8} {'SIGTERM@0':>9}"
     )
     base = results["plain"]
     for route in routes:
         runs = results[route]
-        us = median(runs, "us_per_step")
-        share = (us - plain) / tensorboard
+        each = shares(bench, route)
         startup = (median(launches[route], "startup") - median(quick, "startup")) if quick else float("nan")
         early = median(launches[route], "sigterm") if quick else float("nan")
         print(
-            f"{route:<14} {us:8.1f} {share:6.2f} {startup:+8.2f}s "
-            f"{median(runs, 'rss_mb') - median(base, 'rss_mb'):+6.0f}MB "
+            f"{route:<14} {median(runs, 'us_per_step'):8.1f} {statistics.median(each):6.2f} "
+            f"{' '.join(f'{x:.2f}' for x in each):>14} {startup:+8.2f}s "
+            f"{median(runs, 'rss_mb') - median(base, 'rss_mb'):+5.0f}MB "
             f"{median(runs, 'children_rss_mb'):6.0f}MB "
             f"{median(runs, 'sigterm'):7.2f}s {early:8.2f}s"
         )
-    print("share = (instrumented - plain) / (plain - none); goal <= 0.10. start-up: first step, instrumented - plain.")
+    print("share: tracelet's extra time per step / TensorBoard's own cost per step, against the neighbouring")
+    print("TensorBoard-only runs (goal <= 0.10); start-up: to the first step, instrumented - plain;")
     print("SIGTERM: after the timed part; SIGTERM@0: right after the first step. Medians.")
 
 

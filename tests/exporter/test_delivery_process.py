@@ -157,3 +157,46 @@ def test_sigkill_of_the_training_process_ends_its_run_killed(mlflow_env, tmp_pat
     run = mlflow.only_run(experiment)
     assert run["info"]["status"] == "KILLED"
     assert [row[0] for row in mlflow.history(run["info"]["run_id"], "train/loss")] == list(range(300))
+
+
+FORKED = textwrap.dedent(
+    """
+    import os
+    import tracelet
+    from torch.utils.tensorboard import SummaryWriter
+
+    tracelet.start_logging(exp_name="parent", backend="mlflow")
+    writer = SummaryWriter("runs/train")
+    for step in range(100):
+        writer.add_scalar("loss", float(step), step)
+    pid = os.fork()
+    if pid == 0:  # a DataLoader-like worker: logs, flushes and leaves; none of it may land
+        child = SummaryWriter("runs/child")
+        for step in range(10):
+            child.add_scalar("loss", -1.0, 1000 + step)
+        child.close()
+        tracelet.stop_logging()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    for step in range(100, 200):
+        writer.add_scalar("loss", float(step), step)
+    tracelet.stop_logging()
+    """
+)
+
+
+def test_a_forked_child_neither_exports_nor_holds_up_the_helper(mlflow_env, tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text(FORKED)
+    experiment = unique("forked")
+    env = subprocess_env(
+        MLFLOW_TRACKING_URI=mlflow_env.uri,
+        MLFLOW_EXPERIMENT_NAME=experiment,
+        TRACELET_SPOOL_DIR=str(tmp_path / "spool"),
+    )
+    done = subprocess.run([PYTHON, "train.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    mlflow = Mlflow(mlflow_env.uri)
+    run = mlflow.only_run(experiment)
+    assert run["info"]["status"] == "FINISHED"
+    assert [row[0] for row in mlflow.history(run["info"]["run_id"], "train/loss")] == list(range(200))
+    assert mlflow.keys(run) == {"train/loss"}
