@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tensorboardX
 import torch.utils.tensorboard
@@ -54,6 +55,44 @@ def test_add_scalar_forms_match_the_event_file(reader, writer_cls, tmp_path: Pat
     assert captured["no_step"].step is None
     assert captured["plain"].value == 0.1  # not float32's 0.10000000149
     assert captured["walltime"].time_ns == 1_700_000_000_250_000_000
+
+
+ONE_ELEMENT = {
+    "ndarray_1": lambda: np.array([1.25]),  # gymnasium's RecordEpisodeStatistics hands these over
+    "ndarray_1x1": lambda: np.array([[2.5]], dtype=np.float32),
+    "numpy_float32": lambda: np.float32(0.1),
+    "numpy_int64": lambda: np.int64(7),
+    "tensor_0d": lambda: torch.tensor(3.5),
+    "tensor_1": lambda: torch.tensor([4.5]),
+    "tensor_int": lambda: torch.tensor(9),
+    "bool": lambda: True,
+    "int": lambda: 11,
+}
+
+
+def test_every_one_element_value_lands_as_tensorboard_writes_it(reader, writer_cls, tmp_path: Path) -> None:
+    writer = writer_cls(str(tmp_path))
+    for step, (tag, make) in enumerate(ONE_ELEMENT.items()):
+        writer.add_scalar(tag, make(), step)
+    with pytest.raises((AssertionError, ValueError, TypeError)):  # TensorBoard's own refusal
+        writer.add_scalar("two_elements", np.array([1.0, 2.0]), 0)
+    writer.close()
+    captured = {p.tag: p for p in collect(reader)}
+    written = {tag: (step, value) for tag, step, value, _ in event_scalars(tmp_path)}
+    assert set(captured) == set(written) == set(ONE_ELEMENT)
+    for tag, (step, value) in written.items():
+        assert captured[tag].step == step, tag
+        assert np.float32(captured[tag].value) == np.float32(value), tag  # TensorBoard keeps float32
+        assert type(captured[tag].value) is float, tag
+    assert captured["ndarray_1"].value == 1.25
+
+
+def test_add_scalars_captures_one_element_arrays(reader, writer_cls, tmp_path: Path) -> None:
+    writer = writer_cls(str(tmp_path))
+    writer.add_scalars("episode", {"return": np.array([10.5]), "length": np.array([200])}, 0)
+    writer.close()
+    got = sorted((p.tag, p.step, p.value) for p in collect(reader))
+    assert got == [("episode/length", 0, 200.0), ("episode/return", 0, 10.5)]
 
 
 def test_add_scalars_names_each_key(reader, writer_cls, tmp_path: Path) -> None:

@@ -71,7 +71,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from opentelemetry.instrumentation.utils import unwrap
 from opentelemetry.metrics import get_meter, get_meter_provider
 
-from opentelemetry.instrumentation.tensorboard.capture import Recorder, flatten_params, warn_once
+from opentelemetry.instrumentation.tensorboard.capture import Recorder, flatten_params, scalar_value, warn_once
 from opentelemetry.instrumentation.tensorboard.package import _instruments, _instruments_any
 from opentelemetry.instrumentation.tensorboard.reservoir import has_views, views
 from opentelemetry.instrumentation.tensorboard.version import __version__
@@ -237,7 +237,7 @@ def _wrap_add_scalar(recorder: Recorder):
             walltime, kwargs = _with_walltime(args, kwargs, walltime)
             result = wrapped(*args, **kwargs)
         try:
-            scalar(tag, float(value), None if global_step is None else int(global_step), walltime, _log_dir(instance))
+            scalar(tag, scalar_value(value), _step(global_step), walltime, _log_dir(instance))
         except Exception as exc:  # noqa: BLE001 - capture must never break training
             _record_failed(exc)
         return result
@@ -254,10 +254,14 @@ def _wrap_add_scalars(recorder: Recorder):
         result = _call_nested(wrapped, args, kwargs)
         try:
             step, log_dir = _step(global_step), _log_dir(instance)
-            for key, value in scalars.items():
-                recorder.scalar(f"{main_tag}/{key}", float(value), step, walltime, log_dir)
         except Exception as exc:  # noqa: BLE001
             _record_failed(exc)
+            return result
+        for key, value in scalars.items():  # one value that cannot be captured leaves the others alone
+            try:
+                recorder.scalar(f"{main_tag}/{key}", scalar_value(value), step, walltime, log_dir)
+            except Exception as exc:  # noqa: BLE001
+                _record_failed(exc)
         return result
 
     return add_scalars
@@ -275,7 +279,7 @@ def _wrap_add_hparams(recorder: Recorder):
             recorder.hparams(flatten_params(hparam_dict), log_dir)
             step = _step(global_step)
             for key, value in metric_dict.items():
-                recorder.scalar(str(key), float(value), step, walltime, log_dir)
+                recorder.scalar(str(key), scalar_value(value), step, walltime, log_dir)
         except Exception as exc:  # noqa: BLE001
             _record_failed(exc)
         return result

@@ -275,6 +275,21 @@ class Recorder:
         self._drainer = None  # threads do not survive a fork
 
 
+def scalar_value(value: Any) -> float:
+    """The number TensorBoard writes for ``value``, as the Python float passed (not float32's copy).
+
+    TensorBoard squeezes any one-element array or tensor (gymnasium's episode statistics come as
+    numpy arrays of shape (1,)); ``float()`` of such an array raises on NumPy 2, ``item()`` does not.
+    """
+    if type(value) is float:
+        return value
+    if not isinstance(value, (int, float)):
+        item = getattr(value, "item", None)
+        if callable(item):
+            value = item()
+    return float(value)
+
+
 def attribute_value(value: Any) -> str | int | float | bool:
     """A value OpenTelemetry attributes accept: tensors and numpy scalars become numbers, the rest text."""
     if isinstance(value, (str, bool, int, float)):
