@@ -377,6 +377,16 @@ def shares(bench: Bench, route: str) -> list[float]:
 
 def report(bench: Bench, routes: list[str]) -> None:
     results, launches = bench.results, bench.launches
+    if not results:  # --rounds 0: start-up and exit only
+        quick = launches["plain"]
+        print(f"TensorBoard alone: start-up {median(quick, 'startup'):.2f} s, exit {median(quick, 'sigterm'):.2f} s")
+        for route in routes:
+            runs = launches[route]
+            print(
+                f"{route:<14} start-up {median(runs, 'startup') - median(quick, 'startup'):+.2f} s, "
+                f"SIGTERM {median(runs, 'sigterm'):.2f} s"
+            )
+        return
     none, plain = median(results["none"], "us_per_step"), median(results["plain"], "us_per_step")
     print()
     print(f"no logging {none:.1f} us/step; TensorBoard alone {plain:.1f} us/step (its own cost {plain - none:.1f} us)")

@@ -66,6 +66,27 @@ KILLED = textwrap.dedent(
 )
 
 
+def _script(tmp_path: Path, text: str, prefix: str, uri: str, **extra: str) -> tuple[str, dict[str, str]]:
+    """Writes ``train.py``; returns a fresh experiment name and the environment that points it at MLflow."""
+    (tmp_path / "train.py").write_text(text)
+    experiment = unique(prefix)
+    env = subprocess_env(
+        MLFLOW_TRACKING_URI=uri,
+        MLFLOW_EXPERIMENT_NAME=experiment,
+        TRACELET_SPOOL_DIR=str(tmp_path / "spool"),
+        **extra,
+    )
+    return experiment, env
+
+
+def _train(tmp_path: Path, env: dict[str, str], *command: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [*command, PYTHON, "train.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -83,19 +104,9 @@ def _gone(pid: int) -> bool:
 
 @pytest.mark.parametrize("store", ["sqlite", "server"])
 def test_zero_code_training_process_imports_no_mlflow(mlflow_env, tmp_path: Path, store: str) -> None:
-    (tmp_path / "train.py").write_text(ZERO_CODE)
-    experiment = unique("light")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}" if store == "sqlite" else mlflow_env.uri
-    env = subprocess_env(
-        MLFLOW_TRACKING_URI=uri,
-        MLFLOW_EXPERIMENT_NAME=experiment,
-        OTEL_METRICS_EXPORTER="mlflow",
-        TRACELET_SPOOL_DIR=str(tmp_path / "spool"),
-    )
-    done = subprocess.run(
-        [INSTRUMENT, PYTHON, "train.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    experiment, env = _script(tmp_path, ZERO_CODE, "light", uri, OTEL_METRICS_EXPORTER="mlflow")
+    done = _train(tmp_path, env, INSTRUMENT)
     assert json.loads(done.stdout.splitlines()[-1]) == []  # none of mlflow, requests, sqlalchemy
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
@@ -108,15 +119,8 @@ def test_zero_code_training_process_imports_no_mlflow(mlflow_env, tmp_path: Path
 
 
 def test_start_logging_imports_no_mlflow(mlflow_env, tmp_path: Path) -> None:
-    (tmp_path / "train.py").write_text(FROM_CODE)
-    experiment = unique("light")
-    env = subprocess_env(
-        MLFLOW_TRACKING_URI=mlflow_env.uri,
-        MLFLOW_EXPERIMENT_NAME=experiment,
-        TRACELET_SPOOL_DIR=str(tmp_path / "spool"),
-    )
-    done = subprocess.run([PYTHON, "train.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    experiment, env = _script(tmp_path, FROM_CODE, "light", mlflow_env.uri)
+    done = _train(tmp_path, env)
     assert json.loads(done.stdout.splitlines()[-1]) == []
     mlflow = Mlflow(mlflow_env.uri)
     run = mlflow.only_run(experiment)
@@ -126,13 +130,7 @@ def test_start_logging_imports_no_mlflow(mlflow_env, tmp_path: Path) -> None:
 
 def test_sigkill_of_the_training_process_ends_its_run_killed(mlflow_env, tmp_path: Path) -> None:
     """What reached the helper before the kill is delivered, the run ends KILLED, and the helper exits."""
-    (tmp_path / "train.py").write_text(KILLED)
-    experiment = unique("sigkill")
-    env = subprocess_env(
-        MLFLOW_TRACKING_URI=mlflow_env.uri,
-        MLFLOW_EXPERIMENT_NAME=experiment,
-        TRACELET_SPOOL_DIR=str(tmp_path / "spool"),
-    )
+    experiment, env = _script(tmp_path, KILLED, "sigkill", mlflow_env.uri)
     process = subprocess.Popen(
         [PYTHON, "train.py"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -186,15 +184,8 @@ FORKED = textwrap.dedent(
 
 
 def test_a_forked_child_neither_exports_nor_holds_up_the_helper(mlflow_env, tmp_path: Path) -> None:
-    (tmp_path / "train.py").write_text(FORKED)
-    experiment = unique("forked")
-    env = subprocess_env(
-        MLFLOW_TRACKING_URI=mlflow_env.uri,
-        MLFLOW_EXPERIMENT_NAME=experiment,
-        TRACELET_SPOOL_DIR=str(tmp_path / "spool"),
-    )
-    done = subprocess.run([PYTHON, "train.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    experiment, env = _script(tmp_path, FORKED, "forked", mlflow_env.uri)
+    _train(tmp_path, env)
     mlflow = Mlflow(mlflow_env.uri)
     run = mlflow.only_run(experiment)
     assert run["info"]["status"] == "FINISHED"

@@ -52,6 +52,8 @@ Behaviour worth knowing:
 - ``add_hparams`` metrics are recorded once, under the calling writer's log dir, not through the
   extra writer TensorBoard creates for them;
 - writers created before ``instrument()`` are captured (the methods are patched on the classes);
+- nothing is imported by ``instrument()``: each writer module is patched when the script imports it
+  (post-import hooks), so ``opentelemetry-instrument`` does not load torch before the script does;
 - points wait in a bounded queue and become measurements when a reader collects, off the training
   thread; a forked child (a DataLoader worker) starts with an empty queue.
 """
@@ -176,17 +178,22 @@ class TensorBoardInstrumentor(BaseInstrumentor):
         TensorBoardInstrumentor._recorder = recorder
         self._patched: list[tuple[Any, str]] = []
 
+        # Nothing is imported here: each writer is patched when the script imports it (at once if it
+        # already has), so torch, tensorboardX and Lightning load when and as the script decides.
         for module_name, class_name in _WRITERS:
-            try:
-                module = __import__(module_name, fromlist=[class_name])
-            except ImportError:
-                continue
-            writer = getattr(module, class_name)
-            self._wrap(writer, "add_scalar", _wrap_add_scalar(recorder))
-            self._wrap(writer, "add_scalars", _wrap_add_scalars(recorder))
-            self._wrap(writer, "add_hparams", _wrap_add_hparams(recorder))
+            wrapt.register_post_import_hook(self._writer_hook(recorder, class_name), module_name)
         for module_name in _LIGHTNING:
             wrapt.register_post_import_hook(self._lightning_hook(recorder), module_name)
+
+    def _writer_hook(self, recorder: Recorder, class_name: str):
+        def hook(module: Any) -> None:
+            if TensorBoardInstrumentor._recorder is recorder:  # a hook of an earlier instrument() does nothing
+                writer = getattr(module, class_name)
+                self._wrap(writer, "add_scalar", _wrap_add_scalar(recorder))
+                self._wrap(writer, "add_scalars", _wrap_add_scalars(recorder))
+                self._wrap(writer, "add_hparams", _wrap_add_hparams(recorder))
+
+        return hook
 
     def _lightning_hook(self, recorder: Recorder):
         def hook(module: Any) -> None:
