@@ -44,11 +44,11 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 from opentelemetry.exporter.mlflow.delivery import check_tracking_uri, default_tracking_uri
-from opentelemetry.exporter.mlflow.mapping import SCALAR, Mapper
+from opentelemetry.exporter.mlflow.mapping import Mapper
 from opentelemetry.exporter.mlflow.sender import Sender
 from opentelemetry.exporter.mlflow.spool import default_spool_dir
 from opentelemetry.instrumentation.tensorboard import lifecycle
-from opentelemetry.instrumentation.tensorboard.export_process import KILLED_GRACE
+from opentelemetry.instrumentation.tensorboard.export_process import KILLED_GRACE, report_forked
 
 _logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class MlflowMetricExporter(MetricExporter):
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
         """Maps and queues; never waits for MLflow."""
         if os.getpid() != self._pid:
-            self._forked_export(metrics_data)
+            report_forked(metrics_data, self._pid)  # never the parent's runs, points or status
             return MetricExportResult.SUCCESS
         if self._closed:
             return MetricExportResult.FAILURE
@@ -200,20 +200,3 @@ class MlflowMetricExporter(MetricExporter):
         if what not in self._reported:
             self._reported.add(what)
             _logger.warning(message, *args)
-
-    def _forked_export(self, metrics_data: MetricsData) -> None:
-        """A forked child (e.g. a DataLoader worker): never the parent's runs, points or status."""
-        if "forked" in self._reported:
-            return
-        for resource_metrics in metrics_data.resource_metrics:
-            for scope_metrics in resource_metrics.scope_metrics:
-                for metric in scope_metrics.metrics:
-                    if metric.name == SCALAR and any(p.exemplars for p in getattr(metric.data, "data_points", ())):
-                        self._report(
-                            "forked",
-                            "MLflow exporter: points recorded in forked child process %d are not sent to MLflow "
-                            "(the exporter belongs to process %d)",
-                            os.getpid(),
-                            self._pid,
-                        )
-                        return

@@ -42,12 +42,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import posixpath
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from opentelemetry.instrumentation.tensorboard.capture import exemplar_fields
 
 SCALAR = "tensorboard.scalar"
 HPARAM = "tensorboard.hparam"
@@ -107,20 +108,6 @@ class RunBatch:
 # (value, time in ns, filtered attributes).
 Exemplar = tuple[float, int, Mapping[str, Any]]
 Flat = tuple[Mapping[str, Any], str, Mapping[str, Any], float, Iterable[Exemplar]]
-
-
-def wall_ms(seconds: float) -> int:
-    """A wall time in float seconds as MLflow's integer milliseconds, floored exactly.
-
-    ``math.floor(s * 1000)`` can round up across a millisecond; the fraction of a double split off
-    its whole seconds is exact, and its product with 1000 errs far less than its distance to the
-    next integer. A wall time that is not a finite number gives a timestamp outside int64, which
-    delivery refuses alone (with one message naming the metric).
-    """
-    if not math.isfinite(seconds):
-        return 2**63
-    whole = math.floor(seconds)
-    return whole * 1000 + math.floor((seconds - whole) * 1000)
 
 
 def mlflow_name(name: str) -> str:
@@ -295,22 +282,11 @@ def _walk_sdk(data: Any) -> Iterator[Flat]:
                     continue
                 for point in getattr(metric.data, "data_points", ()):
                     block = getattr(point.exemplars, "points", None)
-                    if block is not None:  # the TensorBoard instrumentation's ScalarBlock: read its points as they are
-                        exemplars: Iterable[Exemplar] = _block(block)
+                    if block is not None:  # the TensorBoard instrumentation's ScalarBlock: no Exemplar objects
+                        exemplars: Iterable[Exemplar] = map(exemplar_fields, block)
                     else:
                         exemplars = ((e.value, e.time_unix_nano, e.filtered_attributes) for e in point.exemplars or ())
                     yield resource, metric.name, point.attributes or {}, point.value, exemplars
-
-
-def _block(
-    rows: Iterable[tuple[float, int | None, float, str, str | None, Mapping[str, Any] | None]],
-) -> Iterator[Exemplar]:
-    """A ScalarBlock's points (value, step, wall time s, tag, log dir, extra) as exemplars, to the exact ms."""
-    for value, step, walltime, _tag, _log_dir, extra in rows:
-        attributes: dict[str, Any] = {} if step is None else {STEP: step}
-        if extra:
-            attributes.update(extra)
-        yield value, wall_ms(walltime) * 1_000_000, attributes
 
 
 def _any_value(value: Any) -> Any:

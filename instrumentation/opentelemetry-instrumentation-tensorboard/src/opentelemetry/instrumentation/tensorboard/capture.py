@@ -70,7 +70,7 @@ class ScalarBlock(Sequence[Exemplar]):
     Holds the recorder's tuples as they are (``points``: value, step, wall time in seconds, tag,
     log dir, extra attributes); an ``Exemplar`` is made only for an exporter that reads one
     (``filtered_attributes`` = ``tensorboard.step`` and the extra attributes). Exporters that know
-    the layout (the MLflow exporter) read ``points`` directly.
+    the layout (the MLflow exporter) read ``points`` directly, through :func:`exemplar_fields`.
     """
 
     __slots__ = ("points",)
@@ -105,12 +105,18 @@ class ScalarBlock(Sequence[Exemplar]):
         return [dataclasses.asdict(exemplar) for exemplar in self]
 
 
-def _exemplar(point: Point) -> Exemplar:
+def exemplar_fields(point: Point) -> tuple[float, int, dict[str, Any]]:
+    """A block point as an exemplar's value, ``time_unix_nano`` and ``filtered_attributes``."""
     value, step, walltime, _tag, _log_dir, extra = point
     attributes: dict[str, Any] = {} if step is None else {STEP: step}
     if extra:
         attributes.update(extra)
-    return Exemplar(attributes, value, nanoseconds(walltime))
+    return value, nanoseconds(walltime), attributes
+
+
+def _exemplar(point: Point) -> Exemplar:
+    value, time_unix_nano, attributes = exemplar_fields(point)
+    return Exemplar(attributes, value, time_unix_nano)
 
 
 def block_of(context: Context | None) -> ScalarBlock | None:

@@ -157,7 +157,7 @@ class ProcessMetricExporter(MetricExporter):
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
         if os.getpid() != self._pid:
-            _forked(metrics_data, self._pid)
+            report_forked(metrics_data, self._pid)
             return MetricExportResult.SUCCESS
         if self._closed:
             return MetricExportResult.FAILURE
@@ -317,7 +317,8 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_close_after_fork)
 
 
-def _forked(data: MetricsData, owner: int) -> None:
+def report_forked(data: MetricsData, owner: int) -> None:
+    """Says once that a forked child (a DataLoader worker) recorded points its parent's exporter will not send."""
     for resource_metrics in data.resource_metrics:
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
