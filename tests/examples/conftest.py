@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,11 @@ def run_example(mlflow_env: Any, tmp_path: Path) -> Callable[..., ExampleRun]:
             return set()
         return {r.info.run_id for r in client.search_runs([found.experiment_id], max_results=1000)}
 
-    def run(name: str, experiment: str, *args: str, timeout: float = 600, **env: str) -> ExampleRun:
+    def run(name: str, experiment: str, *args: str, timeout: float = 600, then: str = "", **env: str) -> ExampleRun:
         script = EXAMPLES / f"{name}.py"
+        if then:  # the example as written, followed by what a user would do next
+            script = tmp_path / script.name
+            script.write_text((EXAMPLES / script.name).read_text() + "\n" + textwrap.dedent(then))
         spool = tmp_path / "spool"
         before = run_ids(experiment)
         completed = subprocess.run(

@@ -51,6 +51,26 @@ def test_tensorboard_patch_control_logs_directly(run_example: Callable[..., Exam
     assert example.run.info.status == "FINISHED"
 
 
+def test_tensorboard_patch_control_captures_no_tensorboard_scalar(run_example: Callable[..., ExampleRun]) -> None:
+    example = run_example(
+        "tensorboard_patch_control",
+        "no_tensorboard",
+        then="""
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter("runs/after")
+            for step in range(3):
+                writer.add_scalar("tensorboard_only", step * 0.5, step)
+            writer.close()
+            framework.log_metric("manual_metric", 0.75, iteration=2)
+        """,
+    )
+    assert [len(points) for points in example.tensorboard().values()] == [3]  # TensorBoard wrote them
+    assert example.keys() == {"manual_metric"}  # and only the direct logging reached MLflow
+    assert [(s, v) for s, v, _ in example.history("manual_metric")] == [(1, 0.5), (2, 0.75)]
+    assert example.run.info.status == "FINISHED"
+
+
 def test_tensorboard_import_issues_with_tensorboard(run_example: Callable[..., ExampleRun]) -> None:
     example = run_example("tensorboard_import_issues", "error_handling")
     assert "TensorBoard not available" not in example.stdout

@@ -16,6 +16,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from points import collect, event_scalars, metric
 
 from opentelemetry.instrumentation.tensorboard import TensorBoardInstrumentor
+from opentelemetry.instrumentation.tensorboard.capture import nanoseconds
 from opentelemetry.instrumentation.tensorboard.configurator import meter_provider
 
 WRITERS = {
@@ -51,10 +52,118 @@ def test_add_scalar_forms_match_the_event_file(reader, writer_cls, tmp_path: Pat
         assert (point.step if point.step is not None else 0) == step, tag
         # TensorBoard keeps float32 by default; the point keeps the Python value.
         assert point.value == pytest.approx(value, rel=1e-6), tag
-        assert point.time_ns == int(wall * 1e9) or abs(point.time_ns / 1e9 - wall) < 1e-6, tag
+        assert point.time_ns == nanoseconds(wall), tag  # the very wall time TensorBoard wrote
     assert captured["no_step"].step is None
     assert captured["plain"].value == 0.1  # not float32's 0.10000000149
     assert captured["walltime"].time_ns == 1_700_000_000_250_000_000
+
+
+def test_tensorboardx_use_metadata_step_and_walltime_as_written(reader, tmp_path: Path) -> None:
+    writer = tensorboardX.SummaryWriter(str(tmp_path))
+    file_writer = writer._get_file_writer()
+    with file_writer.use_metadata(global_step=10, walltime=1_600_000_000.125):
+        writer.add_scalar("both", 1.0)
+        # add_scalars writes through other file writers, which have no metadata: step 0, own clock
+        writer.add_scalars("group", {"a": 2.0, "b": 3.0})
+    with file_writer.use_metadata(global_step=20):  # no walltime: tensorboardX writes 0
+        writer.add_scalar("step_only", 4.0)
+    with file_writer.use_metadata(walltime=1_600_000_001.5):
+        writer.add_scalar("walltime_only", 5.0, 3)
+    writer.close()
+
+    captured = {p.tag: p for p in collect(reader)}
+    written = {tag: (step, wall) for tag, step, _value, wall in event_scalars(tmp_path)}
+    assert written["both"] == (10, 1_600_000_000.125)
+    assert written["step_only"] == (20, 0.0)
+    assert written["walltime_only"] == (3, 1_600_000_001.5)
+    for tag, (step, wall) in written.items():
+        if tag == "group":
+            continue
+        assert (captured[tag].step, captured[tag].time_ns) == (step, nanoseconds(wall)), tag
+    group = sorted((step, nanoseconds(wall)) for tag, step, _value, wall in event_scalars(tmp_path) if tag == "group")
+    assert group[0][0] == 0
+    assert sorted((captured[f"group/{key}"].step or 0, captured[f"group/{key}"].time_ns) for key in "ab") == group
+
+
+def test_tensorboardx_cleaned_tags_are_the_captured_tags(reader, tmp_path: Path) -> None:
+    writer = tensorboardX.SummaryWriter(str(tmp_path))
+    writer.add_scalar("val acc (%)", 0.5, 1)
+    writer.add_scalar("/leading/slash", 0.25, 1)
+    writer.add_scalars("loss (sum)", {"train": 1.0}, 1)
+    writer.close()
+    written = {tag for tag, *_ in event_scalars(tmp_path)}
+    assert written == {"val_acc____", "leading/slash", "loss__sum_"}
+    assert {p.tag for p in collect(reader)} == {"val_acc____", "leading/slash", "loss__sum_/train"}
+
+
+def test_add_scalars_stops_where_tensorboard_stops(reader, writer_cls, tmp_path: Path) -> None:
+    writer = writer_cls(str(tmp_path))
+    with pytest.raises((AssertionError, ValueError, TypeError)):
+        writer.add_scalars("m", {"first": 1.0, "second": np.array([1.0, 2.0]), "third": 3.0}, 4)
+    writer.close()
+    assert [(tag, step) for tag, step, *_ in event_scalars(tmp_path)] == [("m", 4)]
+    assert [(p.tag, p.step, p.value) for p in collect(reader)] == [("m/first", 4, 1.0)]
+
+
+class _Clock:
+    """A deterministic ``time.time`` for the calling thread: the same calls give the same wall times.
+
+    The event writers' own threads (flush timing, never written to a file) keep the real clock.
+    """
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+        self.thread = threading.get_ident()
+        self.real = time.time
+
+    def __call__(self) -> float:
+        if threading.get_ident() != self.thread:
+            return self.real()
+        self.now += 0.001953125  # exact in binary
+        return self.now
+
+
+def _write_everything(writer_cls: type, log_dir: Path) -> None:
+    writer = writer_cls(str(log_dir), filename_suffix=".same")
+    for step in range(5):
+        writer.add_scalar("plain", 0.1 * step, step)
+        writer.add_scalar("no_step", np.array([step]))
+        writer.add_scalar("tensor", torch.tensor(step / 3), torch.tensor(step))
+        writer.add_scalars("group", {"a": step, "b": -step}, step)
+    writer.add_scalar("walltime", 1.5, 9, walltime=1_650_000_000.5)
+    if writer_cls is tensorboardX.SummaryWriter:
+        with writer._get_file_writer().use_metadata(global_step=77):
+            writer.add_scalar("metadata", 2.5)
+    writer.add_hparams({"lr": 0.1}, {"hp/score": 0.5})
+    writer.close()
+
+
+def _event_files(root: Path) -> dict[str, bytes]:
+    # File names hold the clock's time, the host and the pid; the order of creation is what matters.
+    files = sorted(root.rglob("events.out.tfevents.*"), key=lambda path: (str(path.parent), path.name))
+    return {f"{path.parent.relative_to(root)}#{index}": path.read_bytes() for index, path in enumerate(files)}
+
+
+def test_event_files_are_identical_with_and_without_capture(writer_cls, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(time, "time", _Clock())
+    _write_everything(writer_cls, tmp_path / "plain")
+
+    monkeypatch.setattr(time, "time", _Clock())
+    reader = InMemoryMetricReader()
+    provider = meter_provider([reader])
+    instrumentor = TensorBoardInstrumentor()
+    instrumentor.instrument(meter_provider=provider)
+    try:
+        _write_everything(writer_cls, tmp_path / "captured")
+        captured = collect(reader)
+    finally:
+        instrumentor.uninstrument()
+        provider.shutdown()
+
+    plain, with_capture = _event_files(tmp_path / "plain"), _event_files(tmp_path / "captured")
+    assert len(plain) >= 4
+    assert plain == with_capture
+    assert len(captured) == 5 * 5 + 1 + 1 + (writer_cls is tensorboardX.SummaryWriter)
 
 
 ONE_ELEMENT = {

@@ -16,6 +16,7 @@ from opentelemetry.exporter.mlflow.mapping import Mapper, mlflow_name, run_key, 
 from opentelemetry.instrumentation.tensorboard import TensorBoardInstrumentor
 from opentelemetry.instrumentation.tensorboard.capture import Recorder
 from opentelemetry.instrumentation.tensorboard.configurator import meter_provider
+from opentelemetry.instrumentation.tensorboard.writer_names import WriterNames, names_the_run
 
 MLFLOW_NAME = re.compile(r"^[/\w.\- :]*$")
 
@@ -61,11 +62,61 @@ def test_long_names_keep_a_distinguishing_hash() -> None:
         ("runs/Nov26_15-49-00_myhost", None),
         ("runs/Nov26_15-49-00_myhostLR_0.1", None),
         ("lightning_logs/version_3", None),
+        ("runs/CartPole-v1__ppo__1__1733059721", None),
+        ("runs/resnet50", "resnet50"),
         (None, None),
     ],
 )
 def test_writer_label(log_dir: str | None, label: str | None) -> None:
     assert writer_label(log_dir) == label
+
+
+@pytest.mark.parametrize(
+    ("component", "run_specific"),
+    [
+        ("train", False),
+        ("validation", False),
+        ("resnet50", False),
+        ("CartPole-v1", False),
+        ("gpt2-small", False),
+        ("Dec01_13-28-41_gpu7", True),  # TensorBoard's default
+        ("version_0", True),  # Lightning's
+        ("CartPole-v1__ppo__1__1733059721", True),  # CleanRL's env__exp__seed__time
+        ("2026-12-01", True),
+        ("20261201-130000", True),
+        ("seed_3", True),
+        ("seed3", True),
+        ("lr0.01_bs32", True),
+        ("run-3f2a9c1d7b", True),
+        ("trainhost", True),  # holds the host name
+    ],
+)
+def test_which_components_name_the_run(component: str, run_specific: bool) -> None:
+    assert names_the_run(component, host="trainhost.example.org") is run_specific
+
+
+def test_writer_names_are_unique_in_a_process_and_free_of_run_names() -> None:
+    names = WriterNames(host="trainhost")
+    given = [
+        ("runs/resnet/train", "train"),
+        ("runs/vit/train", "vit/train"),
+        ("./runs/vit/train/", "vit/train"),  # the same directory, spelt differently
+        ("runs/2026-12-01_trainhost/validation", "validation"),
+        ("other/2026-12-01/validation", "other/validation"),
+        ("lightning_logs/version_0", ""),
+        ("lightning_logs/version_1", "lightning_logs"),
+        ("runs/Dec01_13-28-41_trainhost", "runs"),
+        ("Dec01_13-28-42_trainhost", "writer-2"),
+        ("exp/seed_1/resnet/train", "resnet/train"),
+        ("exp/seed_2/resnet/train", "exp/resnet/train"),  # the seed is skipped going up
+    ]
+    for log_dir, name in given:
+        assert names.name(log_dir) == name, log_dir
+    # Two runs of one script, with dates, seeds and times in their log dirs, get the same names.
+    first, second = WriterNames(host="a"), WriterNames(host="b")
+    for script_run, names_ in (("2026-12-01_a__seed1", first), ("2026-12-02_b__seed2", second)):
+        assert [names_.name(f"runs/{script_run}/{w}") for w in ("train", "validation")] == ["train", "validation"]
+        assert names_.name(f"runs/CartPole-v1__ppo__{script_run[-1]}__17330{script_run[9]}") == ""
 
 
 def test_run_key_from_resource() -> None:
@@ -111,6 +162,62 @@ def test_points_map_to_keys_steps_and_times(captured) -> None:
     assert rows[("train/hp/acc", 9)][0] == 0.5
     assert len(batch.metrics) == 8
     assert batch.params == {"lr": "0.1", "nested/depth": "2"}
+
+
+def test_log_dirs_go_on_the_run_not_in_the_keys(captured, tmp_path) -> None:
+    (batch,) = Mapper().from_sdk(captured)
+    assert batch.tags["tensorboard.log_dir.train"] == str(tmp_path / "train")
+    assert batch.tags["tensorboard.log_dir.validation"] == str(tmp_path / "validation")
+
+
+def _map_writers(tmp_path, writes) -> tuple[list, object]:
+    reader = InMemoryMetricReader()
+    provider = meter_provider([reader], Resource.create({"service.name": "train"}))
+    instrumentor = TensorBoardInstrumentor()
+    instrumentor.instrument(meter_provider=provider)
+    try:
+        import torch.utils.tensorboard  # noqa: PLC0415
+
+        writers = {}
+        for log_dir, tag, value in writes:
+            if log_dir not in writers:
+                writers[log_dir] = torch.utils.tensorboard.SummaryWriter(str(tmp_path / log_dir))
+            writers[log_dir].add_scalar(tag, value, 0)
+        for writer in writers.values():
+            writer.close()
+        data = reader.get_metrics_data()
+    finally:
+        instrumentor.uninstrument()
+        provider.shutdown()
+    return Mapper().from_sdk(data), data
+
+
+def test_series_never_share_a_key_in_one_run(tmp_path, caplog) -> None:
+    (batch,), _data = _map_writers(
+        tmp_path,
+        [
+            ("runs/resnet/train", "Loss", 1.0),
+            ("runs/vit/train", "Loss", 2.0),
+            ("runs/resnet/train", "a?b", 3.0),  # torch keeps the tag; MLflow refuses "?" and "#"
+            ("runs/resnet/train", "a#b", 4.0),
+        ],
+    )
+    keys = {value: key for key, value, _ms, _step in batch.metrics}
+    assert keys[1.0] == "train/Loss"
+    assert keys[2.0] == "vit/train/Loss"
+    assert keys[3.0] == "train/a_b"
+    assert re.fullmatch(r"train/a_b-[0-9a-f]{8}", keys[4.0])
+    assert len(set(keys.values())) == 4
+    assert sum("would both be stored as 'train/a_b'" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_run_names_in_log_dirs_stay_out_of_keys(tmp_path) -> None:
+    keys = []
+    for run_dir in ("CartPole-v1__ppo__1__1733059721", "CartPole-v1__ppo__2__1733060000"):
+        (batch,), _data = _map_writers(tmp_path / run_dir, [(f"runs/{run_dir}", "charts/episodic_return", 9.0)])
+        keys.append([key for key, *_ in batch.metrics])
+        assert batch.tags["tensorboard.log_dir"].endswith(f"runs/{run_dir}")
+    assert keys == [["charts/episodic_return"], ["charts/episodic_return"]]
 
 
 def test_otlp_and_sdk_paths_map_identically(captured) -> None:

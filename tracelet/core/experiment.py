@@ -264,6 +264,21 @@ class Experiment:
         if framework not in self._attached:
             self._attached.append(framework)
 
+    def _stop_tensorboard_capture(self) -> None:
+        """Ends the TensorBoard capture this experiment's frameworks started (a framework asked for none)."""
+        stopped = False
+        for framework in self._attached:
+            if framework.is_capturing:
+                framework.stop_tracking()
+                stopped = True
+        if stopped:
+            _logger.info("tracelet: experiment %r no longer captures TensorBoard; it logs directly only", self.name)
+        elif self._pipeline is not None and not self._pipeline.owned:
+            _logger.warning(
+                "tracelet: TensorBoard is captured by opentelemetry-instrument, which patch_tensorboard=False "
+                "cannot turn off; set OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=tensorboard for that"
+            )
+
     def _explain_borrowed(self) -> None:
         resource = self._pipeline.resource if self._pipeline else {}
         ignored = [f"backend={self.settings.backend}"]

@@ -22,7 +22,9 @@ class PyTorchFramework:
     ``tracelet.start_logging`` makes one (``exp._frameworks["pytorch"]``). Capture is process-wide:
     when TensorBoard is already captured (by that framework, or by ``opentelemetry-instrument``),
     ``start_tracking`` leaves it as it is, so no point is recorded twice. With
-    ``patch_tensorboard=False`` this framework never patches TensorBoard and only logs directly.
+    ``patch_tensorboard=False`` this framework never patches TensorBoard and only logs directly,
+    and binding it to an experiment (``initialize``) ends the TensorBoard capture that
+    ``start_logging`` started for that experiment: from then on only direct logging reaches it.
     """
 
     name = "pytorch"
@@ -33,9 +35,15 @@ class PyTorchFramework:
         self._instrumented = False
 
     def initialize(self, experiment: Experiment) -> None:
-        """Binds the framework to ``experiment``; stopping the experiment stops this framework too."""
+        """Binds the framework to ``experiment``; stopping the experiment stops this framework too.
+
+        With ``patch_tensorboard=False`` the experiment stops capturing TensorBoard (what was
+        captured before stays and is delivered).
+        """
         self._experiment = experiment
         experiment._attach(self)
+        if not self.patch_tensorboard:
+            experiment._stop_tensorboard_capture()
 
     def start_tracking(self) -> None:
         """Starts TensorBoard capture into the experiment, unless capture is already on or not wanted."""

@@ -475,7 +475,9 @@ class MlflowWriter:
         """Stores ``batch`` in its run (see the class docstring for what returning or raising means)."""
         if not batch:
             return
-        start_ms = min((m[2] for m in batch.metrics), default=None)
+        start_ms = batch.run.start_ms
+        if start_ms is None:
+            start_ms = min((m[2] for m in batch.metrics), default=None)
         run_id = self.run_id(batch.run, experiment_id, start_ms)
         for chunk in chunks(self._checked(batch)):
             if not chunk:

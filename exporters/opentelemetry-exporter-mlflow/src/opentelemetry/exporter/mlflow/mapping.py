@@ -10,18 +10,31 @@ Run (from resource attributes, so points arriving later through a collector land
     - run id: ``mlflow.run.id`` attaches to an existing run (``MLFLOW_RUN_ID``);
     - run name: ``mlflow.run.name``, else ``service.name`` unless it is the SDK's
       ``unknown_service``; ranks above 0 of a distributed job (``distributed.rank``) get their
-      own run named ``<name>-rank<N>``, tagged ``distributed.rank``.
+      own run named ``<name>-rank<N>``, tagged ``distributed.rank``;
+    - start time: ``mlflow.run.start_time`` (ms since the epoch: when the process started
+      tracking), else the earliest point's wall time.
 
 Metric key (from ``tensorboard.scalar`` exemplars)
-    - the TensorBoard tag, prefixed with ``<writer>/`` where ``<writer>`` is the last component of
-      the writer's log dir, unless TensorBoard or Lightning generated that name
-      (``runs/Nov26_15-49-00_host...``, ``lightning_logs/version_0``): so ``runs/train`` and
-      ``runs/validation`` both logging ``Loss`` give ``train/Loss`` and ``validation/Loss``,
-      and a default ``SummaryWriter()`` keeps ``Loss``;
+    - ``<writer>/<tag>``: ``<tag>`` is the tag TensorBoard wrote (tensorboardX's cleaned tag),
+      ``<writer>`` the series' ``tensorboard.writer`` name (the writer-name rule of
+      :mod:`opentelemetry.instrumentation.tensorboard.writer_names`: the log dir's last
+      component, none when that component names the run, parents prepended where two writers
+      of a process would share one), and just ``<tag>`` when the name is empty. So
+      ``runs/train`` and ``runs/validation`` both logging ``Loss`` give ``train/Loss`` and
+      ``validation/Loss``; a default ``SummaryWriter()``, Lightning's ``version_N`` and
+      ``runs/<env>__<exp>__<seed>__<time>`` keep ``Loss``; ``runs/resnet/train`` and
+      ``runs/vit/train`` give ``train/Loss`` and ``vit/train/Loss``. Points without a
+      ``tensorboard.writer`` attribute take the log dir's last component unless it names the run;
     - characters MLflow refuses become ``_``; empty, ``.`` and ``..`` path segments and
       leading, trailing or doubled ``/`` are removed or replaced; a key longer than 250
       characters keeps 241 and gains ``-`` and 8 hex digits of its SHA-1. Each rename is
-      reported once.
+      reported once;
+    - in one run, two different series (tag, writer) never share a key: when renaming makes a
+      second series land on a key another one holds (``a?b`` and ``a#b`` both ``a_b``), the
+      second gains ``-`` and 8 hex digits of its SHA-1, reported once;
+    - each writer's log dir goes on the run as tag ``tensorboard.log_dir`` (the writer with no
+      name) or ``tensorboard.log_dir.<writer>``, so what the log dir said about the run (date,
+      host, seed) is kept on the run instead of in every key.
 
 Point
     step = ``tensorboard.step`` (0 when absent, as TensorBoard writes it), timestamp = the
@@ -49,11 +62,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.instrumentation.tensorboard.capture import exemplar_fields
+from opentelemetry.instrumentation.tensorboard.writer_names import components, names_the_run
 
 SCALAR = "tensorboard.scalar"
 HPARAM = "tensorboard.hparam"
 TAG = "tensorboard.tag"
 LOG_DIR = "tensorboard.log_dir"
+WRITER = "tensorboard.writer"
 STEP = "tensorboard.step"
 HPARAM_NAME = "tensorboard.hparam.name"
 HPARAM_VALUE = "tensorboard.hparam.value"
@@ -67,6 +82,7 @@ SERVICE_NAME = "service.name"
 EXPERIMENT_NAME = "mlflow.experiment.name"
 RUN_ID = "mlflow.run.id"
 RUN_NAME = "mlflow.run.name"
+START_TIME = "mlflow.run.start_time"
 RANK = "distributed.rank"
 WORLD_SIZE = "distributed.world_size"
 
@@ -76,7 +92,6 @@ MAX_TAG_VALUE = 8000
 
 _logger = logging.getLogger(__name__)
 _BAD = re.compile(r"[^/\w.\- :]")
-_GENERATED = re.compile(r"^([A-Z][a-z]{2}\d{2}_\d{2}-\d{2}-\d{2}_.*|version_\d+)$")
 
 
 @dataclass(frozen=True)
@@ -89,6 +104,7 @@ class RunKey:
     run_id: str | None = None
     rank: int | None = None
     tags: tuple[tuple[str, str], ...] = ()
+    start_ms: int | None = field(default=None, compare=False)  # when the process started tracking
 
 
 @dataclass
@@ -124,13 +140,13 @@ def mlflow_name(name: str) -> str:
 
 
 def writer_label(log_dir: str | None) -> str | None:
-    """The prefix a writer's log dir gives its keys, or ``None`` for generated names."""
+    """The writer name of a series that carries none: the log dir's last component, unless it names the run."""
     if not log_dir:
         return None
-    name = posixpath.basename(log_dir.replace("\\", "/").rstrip("/"))
-    if not name or name in (".", "..") or _GENERATED.match(name):
+    parts = components(log_dir)
+    if not parts or names_the_run(parts[-1]):
         return None
-    return name
+    return parts[-1]
 
 
 def run_key(resource: Mapping[str, Any], default_experiment: str | None = None) -> RunKey:
@@ -155,7 +171,15 @@ def run_key(resource: Mapping[str, Any], default_experiment: str | None = None) 
         run_id=str(resource.get(RUN_ID) or "") or None,
         rank=rank,
         tags=tuple(sorted(tags.items())),
+        start_ms=_integer(resource.get(START_TIME)),
     )
+
+
+def _integer(value: Any) -> int | None:
+    try:
+        return None if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 class Mapper:
@@ -163,20 +187,41 @@ class Mapper:
 
     def __init__(self, default_experiment: str | None = None) -> None:
         self.default_experiment = default_experiment
-        self._keys: dict[tuple[str, str | None], str] = {}
+        self._keys: dict[tuple[RunKey, str, str | None, str | None], str] = {}
+        self._owners: dict[RunKey, dict[str, tuple[str, str, str]]] = {}  # key -> the series holding it
         self._sent: dict[RunKey, dict[str, str]] = {}  # params and metadata tags already emitted
         self._reported: set[str] = set()
 
-    def key(self, tag: str, log_dir: str | None) -> str:
-        cached = self._keys.get((tag, log_dir))
+    def key(self, run: RunKey, tag: str, log_dir: str | None, writer: str | None) -> str:
+        """The MLflow key of one series in ``run`` (see the module docstring)."""
+        series = (run, tag, log_dir, writer)
+        cached = self._keys.get(series)
         if cached is not None:
             return cached
-        label = writer_label(log_dir)
+        label = writer if writer is not None else writer_label(log_dir)
         wanted = f"{label}/{tag}" if label else tag
         key = mlflow_name(wanted)
         if key != wanted:
             self.report(f"key:{wanted}", "MLflow does not accept the metric name %r; it is stored as %r", wanted, key)
-        self._keys[(tag, log_dir)] = key
+        owners = self._owners.setdefault(run, {})
+        # A writer name is unique in its process; without one, the log dir tells series apart.
+        owner = (tag, label or "", "" if writer is not None else log_dir or "")
+        held = owners.setdefault(key, owner)
+        if held != owner:
+            unique = mlflow_name(f"{key}-{hashlib.sha1(repr(owner).encode()).hexdigest()[:8]}")
+            self.report(
+                f"collision:{run}:{unique}",
+                "metric %r%s and metric %r%s would both be stored as %r in one MLflow run; the second is stored as %r",
+                held[0],
+                f" of writer {held[1]!r}" if held[1] else "",
+                tag,
+                f" of writer {label!r}" if label else "",
+                key,
+                unique,
+            )
+            key = unique
+            owners.setdefault(key, owner)
+        self._keys[series] = key
         return key
 
     def report(self, what: str, message: str, *args: object) -> None:
@@ -208,7 +253,13 @@ class Mapper:
         return [batch for batch in batches.values() if batch]
 
     def _scalars(self, batch: RunBatch, attributes: Mapping[str, Any], exemplars: Iterable[Exemplar]) -> None:
-        key = self.key(str(attributes.get(TAG, "")), attributes.get(LOG_DIR))
+        log_dir, writer = attributes.get(LOG_DIR), attributes.get(WRITER)
+        log_dir = None if log_dir is None else str(log_dir)
+        writer = None if writer is None else str(writer)
+        key = self.key(batch.run, str(attributes.get(TAG, "")), log_dir, writer)
+        if log_dir is not None:
+            label = writer if writer is not None else writer_label(log_dir)
+            self._set_tag(batch, mlflow_name(f"{LOG_DIR}.{label}") if label else LOG_DIR, log_dir)
         append = batch.metrics.append
         for value, time_unix_nano, extra in exemplars:
             step = 0
@@ -247,8 +298,10 @@ class Mapper:
         name = attributes.get(TAG_NAME)
         if name is None:
             return
-        tag = mlflow_name(str(name))
-        text = _text(attributes.get(TAG_VALUE, ""))[:MAX_TAG_VALUE]
+        self._set_tag(batch, mlflow_name(str(name)), _text(attributes.get(TAG_VALUE, "")))
+
+    def _set_tag(self, batch: RunBatch, tag: str, text: str) -> None:
+        text = text[:MAX_TAG_VALUE]
         sent = self._sent.setdefault(batch.run, {})
         if sent.get("tag:" + tag) != text:
             sent["tag:" + tag] = text

@@ -8,10 +8,11 @@ later through a collector and tracelet's OTLP receiver, far from this process's 
 from __future__ import annotations
 
 import os
+import time
 
 from opentelemetry.sdk.resources import Resource, ResourceDetector
 
-from opentelemetry.exporter.mlflow.mapping import EXPERIMENT_NAME, RANK, RUN_ID, WORLD_SIZE
+from opentelemetry.exporter.mlflow.mapping import EXPERIMENT_NAME, RANK, RUN_ID, START_TIME, WORLD_SIZE
 
 _FROM_ENV = (
     ("MLFLOW_EXPERIMENT_NAME", EXPERIMENT_NAME, str),
@@ -22,10 +23,14 @@ _FROM_ENV = (
 
 
 class MlflowResourceDetector(ResourceDetector):
-    """``MLFLOW_EXPERIMENT_NAME``, ``MLFLOW_RUN_ID``, ``RANK`` and ``WORLD_SIZE`` as attributes."""
+    """``MLFLOW_EXPERIMENT_NAME``, ``MLFLOW_RUN_ID``, ``RANK`` and ``WORLD_SIZE`` as attributes.
+
+    Also ``mlflow.run.start_time``: now, in ms. The resource is made when the process starts
+    tracking, which is when its MLflow run starts, whatever wall times its points carry.
+    """
 
     def detect(self) -> Resource:
-        attributes: dict[str, str | int] = {}
+        attributes: dict[str, str | int] = {START_TIME: int(time.time() * 1000)}
         for variable, attribute, kind in _FROM_ENV:
             value = os.environ.get(variable, "").strip()
             if value:

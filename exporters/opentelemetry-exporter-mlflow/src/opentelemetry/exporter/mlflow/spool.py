@@ -80,6 +80,7 @@ def _run_to_json(run: RunKey) -> dict[str, Any]:
         "run_id": run.run_id,
         "rank": run.rank,
         "tags": [list(kv) for kv in run.tags],
+        "start_time": run.start_ms,
     }
 
 
@@ -91,6 +92,7 @@ def _run_from_json(data: dict[str, Any]) -> RunKey:
         run_id=data.get("run_id"),
         rank=data.get("rank"),
         tags=tuple((str(k), str(v)) for k, v in data.get("tags") or ()),
+        start_ms=data.get("start_time") if isinstance(data.get("start_time"), int) else None,
     )
 
 

@@ -23,18 +23,25 @@ Instruments (meter ``opentelemetry.instrumentation.tensorboard``):
     One measurement per scalar point: ``add_scalar``, each key of ``add_scalars`` (tag
     ``<main_tag>/<key>``), each metric of ``add_hparams``. Series attributes (kept by the View):
 
-    - ``tensorboard.tag`` (str): the tag as given to TensorBoard;
-    - ``tensorboard.log_dir`` (str): the writer's log dir, which tells writers apart.
+    - ``tensorboard.tag`` (str): the tag TensorBoard wrote into the event (tensorboardX cleans
+      tags: ``val acc (%)`` is written, and captured, as ``val_acc____``);
+    - ``tensorboard.log_dir`` (str): the writer's log dir, which tells writers apart;
+    - ``tensorboard.writer`` (str): the writer's short name, unique in the process and the same
+      in every run of the script (``train`` for ``runs/train``, ``""`` for a default
+      ``SummaryWriter()``); the rule is in :mod:`.writer_names`.
 
     Per-point attributes (dropped from the series by the View, kept on each exemplar as
     ``filtered_attributes``):
 
-    - ``tensorboard.step`` (int): TensorBoard's ``global_step``, exactly; absent when the call
-      passed ``None`` (TensorBoard then writes step 0).
+    - ``tensorboard.step`` (int): the step TensorBoard wrote into the event (the call's
+      ``global_step``, or tensorboardX's ``use_metadata`` step); absent when the event has none
+      (TensorBoard then writes step 0).
 
     With :func:`views` and the ``always_on`` exemplar filter every point is an exemplar whose
-    ``value`` is the Python value passed (not TensorBoard's float32 copy), NaN and infinities
-    included, and whose ``time_unix_nano`` is the wall time TensorBoard wrote in the event file.
+    ``value`` is the Python value passed, converted as TensorBoard converts it (one-element
+    arrays and tensors squeezed; not TensorBoard's float32 copy), NaN and infinities included,
+    and whose ``time_unix_nano`` is the wall time TensorBoard wrote into the event, floored to
+    the nanosecond.
     The data point itself holds the last value, which is what Prometheus-style backends show.
 
 ``tensorboard.hparam`` (Gauge, int, always 1: an info series, no unit)
@@ -47,8 +54,12 @@ Instruments (meter ``opentelemetry.instrumentation.tensorboard``):
 
 Behaviour worth knowing:
 
-- the original call runs first; if TensorBoard raises, the same exception reaches the caller and
-  nothing is recorded; if recording fails, training goes on and one warning is logged;
+- the user's call runs exactly as written: nothing is added to its arguments. Step, wall time and
+  tag are read back from the event TensorBoard built (``FileWriter.add_event`` is patched to hand
+  it over), so the event files are byte for byte what they are without capture;
+- if TensorBoard raises, the same exception reaches the caller and nothing is recorded (for
+  ``add_scalars``, the keys TensorBoard wrote before it raised are recorded); if recording
+  fails, training goes on and one warning is logged;
 - ``add_hparams`` metrics are recorded once, under the calling writer's log dir, not through the
   extra writer TensorBoard creates for them;
 - writers created before ``instrument()`` are captured (the methods are patched on the classes);
@@ -83,19 +94,25 @@ __all__ = ["TensorBoardInstrumentor", "views"]
 _logger = logging.getLogger(__name__)
 
 _WRITERS = (
-    ("torch.utils.tensorboard.writer", "SummaryWriter"),
-    ("tensorboardX.writer", "SummaryWriter"),
+    ("torch.utils.tensorboard.writer", "SummaryWriter", "FileWriter"),
+    ("tensorboardX.writer", "SummaryWriter", "FileWriter"),
 )
 _LIGHTNING = ("lightning_fabric.loggers.tensorboard", "lightning.fabric.loggers.tensorboard")
 
 
-class _Nesting(threading.local):
-    """Set while a patched method runs TensorBoard code that calls ``add_scalar`` itself."""
+class _Written(threading.local):
+    """The events TensorBoard writes during the patched call running on this thread.
 
-    active = False
+    ``None`` outside a patched call. Reading the step, wall time and tag back from the event
+    TensorBoard built is the only way to record exactly what it wrote (tensorboardX's
+    ``use_metadata``, its tag cleaning, its own clock) without passing anything into the call.
+    Also set while a patched method runs TensorBoard code that calls ``add_scalar`` itself.
+    """
+
+    events: list[Any] | None = None
 
 
-_nested = _Nesting()
+_written = _Written()
 _recorders: weakref.WeakKeyDictionary[Any, Recorder] = weakref.WeakKeyDictionary()
 
 
@@ -122,15 +139,22 @@ def _hparams_args(wrapped: Any, args: tuple, kwargs: dict[str, Any]) -> tuple[Ma
     return bound["hparam_dict"], bound.get("metric_dict") or {}, bound.get("global_step")
 
 
-def _with_walltime(args: tuple, kwargs: dict[str, Any], walltime: float | None) -> tuple[float, dict[str, Any]]:
-    """The wall time to record, passed on to TensorBoard so the event file and the point agree."""
-    if walltime is not None:
-        return walltime, kwargs
-    walltime = time.time()
-    if len(args) < 4:
-        kwargs = dict(kwargs)
-        kwargs["walltime"] = walltime
-    return walltime, kwargs
+def _call_capturing(wrapped: Any, args: tuple, kwargs: dict[str, Any]) -> tuple[Any, list[Any]]:
+    """Runs the user's call unchanged and returns its result and the events it wrote."""
+    events: list[Any] = []
+    _written.events = events
+    try:
+        return wrapped(*args, **kwargs), events
+    finally:
+        _written.events = None
+
+
+def _as_written(event: Any, global_step: Any) -> tuple[str, int | None, float]:
+    """Tag, step and wall time as an event holds them (step ``None``: the event has none)."""
+    step = event.step
+    if not step and global_step is None:
+        step = None
+    return event.summary.value[0].tag, step, event.wall_time
 
 
 def _log_dir(writer: Any) -> str | None:
@@ -180,15 +204,16 @@ class TensorBoardInstrumentor(BaseInstrumentor):
 
         # Nothing is imported here: each writer is patched when the script imports it (at once if it
         # already has), so torch, tensorboardX and Lightning load when and as the script decides.
-        for module_name, class_name in _WRITERS:
-            wrapt.register_post_import_hook(self._writer_hook(recorder, class_name), module_name)
+        for module_name, class_name, file_writer in _WRITERS:
+            wrapt.register_post_import_hook(self._writer_hook(recorder, class_name, file_writer), module_name)
         for module_name in _LIGHTNING:
             wrapt.register_post_import_hook(self._lightning_hook(recorder), module_name)
 
-    def _writer_hook(self, recorder: Recorder, class_name: str):
+    def _writer_hook(self, recorder: Recorder, class_name: str, file_writer: str):
         def hook(module: Any) -> None:
             if TensorBoardInstrumentor._recorder is recorder:  # a hook of an earlier instrument() does nothing
                 writer = getattr(module, class_name)
+                self._wrap(getattr(module, file_writer), "add_event", _wrap_add_event)
                 self._wrap(writer, "add_scalar", _wrap_add_scalar(recorder))
                 self._wrap(writer, "add_scalars", _wrap_add_scalars(recorder))
                 self._wrap(writer, "add_hparams", _wrap_add_hparams(recorder))
@@ -228,23 +253,29 @@ def _record_failed(exc: Exception) -> None:
     )
 
 
+def _wrap_add_event(wrapped: Any, _instance: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+    """``FileWriter.add_event``: hands the event just written to the patched call around it."""
+    result = wrapped(*args, **kwargs)
+    events = _written.events
+    if events is not None:
+        events.append(args[0] if args else kwargs["event"])
+    return result
+
+
 def _wrap_add_scalar(recorder: Recorder):
     scalar = recorder.scalar
-    clock = time.time
 
     def add_scalar(wrapped: Any, instance: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
-        if _nested.active:
+        if _written.events is not None:  # inside another patched call, which records this point
             return wrapped(*args, **kwargs)
-        if not kwargs and len(args) == 3:  # add_scalar(tag, value, step): the training loop's form
-            tag, value, global_step = args
-            walltime = clock()
-            result = wrapped(tag, value, global_step, walltime)
-        else:
-            tag, value, global_step, walltime = _scalar_args(*args, **kwargs)
-            walltime, kwargs = _with_walltime(args, kwargs, walltime)
-            result = wrapped(*args, **kwargs)
+        result, events = _call_capturing(wrapped, args, kwargs)
         try:
-            scalar(tag, scalar_value(value), _step(global_step), walltime, _log_dir(instance))
+            tag, value, global_step, walltime = _scalar_args(*args, **kwargs)
+            if events:
+                tag, step, walltime = _as_written(events[-1], global_step)
+            else:  # a writer that writes nothing (tensorboardX's write_to_disk=False)
+                step, walltime = _step(global_step), time.time() if walltime is None else walltime
+            scalar(tag, scalar_value(value), step, walltime, _log_dir(instance))
         except Exception as exc:  # noqa: BLE001 - capture must never break training
             _record_failed(exc)
         return result
@@ -253,22 +284,42 @@ def _wrap_add_scalar(recorder: Recorder):
 
 
 def _wrap_add_scalars(recorder: Recorder):
-    def add_scalars(wrapped: Any, instance: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
-        if _nested.active:
-            return wrapped(*args, **kwargs)
-        main_tag, scalars, global_step, walltime = _scalars_args(*args, **kwargs)
-        walltime, kwargs = _with_walltime(args, kwargs, walltime)
-        result = _call_nested(wrapped, args, kwargs)
+    def record(instance: Any, args: tuple, kwargs: dict[str, Any], events: list[Any]) -> None:
         try:
-            step, log_dir = _step(global_step), _log_dir(instance)
+            main_tag, scalars, global_step, walltime = _scalars_args(*args, **kwargs)
+            log_dir = _log_dir(instance)
+            if not events:  # a writer that writes nothing: every key as TensorBoard would have
+                step, walltime = _step(global_step), time.time() if walltime is None else walltime
+                events = [None] * len(scalars)
         except Exception as exc:  # noqa: BLE001
             _record_failed(exc)
-            return result
-        for key, value in scalars.items():  # one value that cannot be captured leaves the others alone
+            return
+        # One event per key, in the dict's order; TensorBoard stops at a value it refuses, so
+        # the keys before it are written and recorded, and one value that cannot be captured
+        # leaves the others alone.
+        for (key, value), event in zip(scalars.items(), events, strict=False):
             try:
-                recorder.scalar(f"{main_tag}/{key}", scalar_value(value), step, walltime, log_dir)
+                tag = main_tag
+                if event is not None:
+                    tag, step, walltime = _as_written(event, global_step)
+                recorder.scalar(f"{tag}/{key}", scalar_value(value), step, walltime, log_dir)
             except Exception as exc:  # noqa: BLE001
                 _record_failed(exc)
+
+    def add_scalars(wrapped: Any, instance: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+        if _written.events is not None:
+            return wrapped(*args, **kwargs)
+        events: list[Any] = []
+        _written.events = events
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException:
+            _written.events = None
+            if events:
+                record(instance, args, kwargs, events)
+            raise
+        _written.events = None
+        record(instance, args, kwargs, events)
         return result
 
     return add_scalars
@@ -276,17 +327,21 @@ def _wrap_add_scalars(recorder: Recorder):
 
 def _wrap_add_hparams(recorder: Recorder):
     def add_hparams(wrapped: Any, instance: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
-        if _nested.active:
+        if _written.events is not None:
             return wrapped(*args, **kwargs)
         hparam_dict, metric_dict, global_step = _hparams_args(wrapped, args, kwargs)
-        walltime = time.time()
-        result = _call_nested(wrapped, args, kwargs)
+        result, events = _call_capturing(wrapped, args, kwargs)
         try:
             log_dir = _log_dir(instance)
             recorder.hparams(flatten_params(hparam_dict), log_dir)
-            step = _step(global_step)
-            for key, value in metric_dict.items():
-                recorder.scalar(str(key), scalar_value(value), step, walltime, log_dir)
+            # The metrics are the last events, one each, written through TensorBoard's own add_scalar.
+            written = events[-len(metric_dict) :] if metric_dict and len(events) >= len(metric_dict) else []
+            for index, (key, value) in enumerate(metric_dict.items()):
+                if written:
+                    tag, step, walltime = _as_written(written[index], global_step)
+                else:
+                    tag, step, walltime = str(key), _step(global_step), time.time()
+                recorder.scalar(tag, scalar_value(value), step, walltime, log_dir)
         except Exception as exc:  # noqa: BLE001
             _record_failed(exc)
         return result
@@ -307,13 +362,3 @@ def _wrap_log_hyperparams(recorder: Recorder):
         return result
 
     return log_hyperparams
-
-
-def _call_nested(wrapped: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
-    """Calls ``wrapped`` with capture off: its inner ``add_scalar`` calls are recorded by us."""
-    outer = _nested.active
-    _nested.active = True
-    try:
-        return wrapped(*args, **kwargs)
-    finally:
-        _nested.active = outer

@@ -31,12 +31,15 @@ from opentelemetry.context import Context, get_current, get_value, set_value
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics._internal.exemplar import Exemplar
 
+from opentelemetry.instrumentation.tensorboard.writer_names import WriterNames
+
 SCALAR = "tensorboard.scalar"
 HPARAM = "tensorboard.hparam"
 POINTS = "tensorboard.points"
 
 TAG = "tensorboard.tag"
 LOG_DIR = "tensorboard.log_dir"
+WRITER = "tensorboard.writer"
 STEP = "tensorboard.step"
 HPARAM_NAME = "tensorboard.hparam.name"
 HPARAM_VALUE = "tensorboard.hparam.value"
@@ -177,6 +180,7 @@ class Recorder:
             description="Scalar points handed to OpenTelemetry",
         )
         self._measure: Any = None
+        self.writer_names = WriterNames()
         self._wake = threading.Event()
         self._drainer: threading.Thread | None = None
         if hasattr(os, "register_at_fork"):
@@ -245,10 +249,12 @@ class Recorder:
                     found.append(point)
                 count += 1
             current = get_current()
+            name = self.writer_names.name
             for (tag, log_dir), points in series.items():
                 attributes: dict[str, Any] = {TAG: tag}
                 if log_dir is not None:
                     attributes[LOG_DIR] = log_dir
+                    attributes[WRITER] = name(log_dir)
                 value, _step, walltime = points[-1][:3]
                 context = set_value(_BLOCK, ScalarBlock(points), current)
                 if measure is not None:

@@ -33,12 +33,13 @@ from opentelemetry.instrumentation.tensorboard.capture import (
     LOG_DIR,
     SCALAR,
     TAG,
+    WRITER,
     ScalarBlock,
     block_of,
     warn_once,
 )
 
-SERIES_KEYS = frozenset({TAG, LOG_DIR})
+SERIES_KEYS = frozenset({TAG, LOG_DIR, WRITER})
 
 # A reader that never collects (a Prometheus endpoint nobody scrapes) must not hold points forever.
 MAX_POINTS = int(os.environ.get("OTEL_PYTHON_TENSORBOARD_MAX_POINTS", "1000000"))
