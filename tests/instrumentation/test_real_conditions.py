@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -201,6 +202,32 @@ def test_zero_code_console(tmp_path: Path) -> None:
     nan = [r for r in rows if r[1] == 500]
     assert len(nan) == 1 and nan[0][2] != nan[0][2]
     assert sorted(r for r in rows if r[1] != 500) == _expected()
+
+
+BEFORE_IMPORT = """
+import json, sys
+
+heavy = ("torch", "tensorboardX", "pytorch_lightning", "lightning_fabric", "numpy")
+loaded = sorted(name for name in heavy if name in sys.modules)
+from tensorboardX import SummaryWriter
+
+writer = SummaryWriter(sys.argv[1])
+for step in range(5):
+    writer.add_scalar("loss", step / 4, step)
+writer.close()
+print(json.dumps({"loaded": loaded}), flush=True)
+"""
+
+
+def test_zero_code_imports_nothing_before_the_script(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(BEFORE_IMPORT)
+    done = _instrumented(script, tmp_path / "runs", OTEL_METRICS_EXPORTER="console")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = next(json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"loaded"'))
+    assert report["loaded"] == []  # torch, tensorboardX, Lightning and numpy load when the script imports them
+    rows = console_points(done.stdout)
+    assert sorted((tag, step) for tag, step, _value in rows) == [("loss", s) for s in range(5)]
 
 
 def test_zero_code_otlp(tmp_path: Path) -> None:
