@@ -17,6 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from mlflow_readback import T0, Mlflow, unique, wait_for
 from support.env import subprocess_env
+from support.mlflow_server import MlflowServer
 
 PYTHON = sys.executable
 INSTRUMENT = str(Path(sys.executable).with_name("opentelemetry-instrument"))
@@ -191,3 +192,87 @@ def test_a_forked_child_neither_exports_nor_holds_up_the_helper(mlflow_env, tmp_
     assert run["info"]["status"] == "FINISHED"
     assert [row[0] for row in mlflow.history(run["info"]["run_id"], "train/loss")] == list(range(200))
     assert mlflow.keys(run) == {"train/loss"}
+
+
+def _journaled(spool: Path) -> int:
+    """Points in the journals in ``spool`` (what reached local disk)."""
+    from opentelemetry.exporter.mlflow.spool import read  # noqa: PLC0415
+
+    total = 0
+    for path in spool.glob("*.jsonl"):
+        try:
+            header, entries = read(path)
+        except (OSError, ValueError):
+            continue
+        if header.get("journal"):
+            total += sum(len(e.metrics) for e in entries if hasattr(e, "metrics"))
+    return total
+
+
+NEXT_JOB = textwrap.dedent(
+    """
+    import tracelet
+    from torch.utils.tensorboard import SummaryWriter
+
+    tracelet.start_logging(exp_name="next", backend="mlflow", export_interval=0.2)
+    writer = SummaryWriter("runs/train")
+    for step in range(50):
+        writer.add_scalar("loss", -1.0, step)
+    tracelet.stop_logging()
+    """
+)
+
+
+@pytest.mark.parametrize("recovery", ["next start", "tracelet upload"])
+@pytest.mark.parametrize("mlflow_state", ["down", "up"])
+def test_sigkill_of_the_whole_job_loses_nothing_that_reached_the_journal(
+    tmp_path: Path, recovery: str, mlflow_state: str
+) -> None:
+    """The OOM killer or a lost node kills the training process and its helper together."""
+    server = MlflowServer(tmp_path / "server")
+    if mlflow_state == "up":
+        server.start()
+    try:
+        experiment, env = _script(tmp_path, KILLED, "whole-job", server.uri)
+        spool = Path(env["TRACELET_SPOOL_DIR"])
+        process = subprocess.Popen(
+            [PYTHON, "train.py"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        assert process.stdout is not None
+        pid = int(process.stdout.readline())
+        mlflow = Mlflow(server.uri)
+        if mlflow_state == "down":
+            wait_for(lambda: _journaled(spool) == 300, what="the 300 points in the journal")
+        else:
+            wait_for(lambda: bool(mlflow.runs(experiment)), what="the run")
+            run_id = mlflow.runs(experiment)[0]["info"]["run_id"]
+            wait_for(lambda: len(mlflow.history(run_id, "train/loss")) == 300, what="live delivery")
+        (helper,) = _children(pid)
+        os.kill(helper, signal.SIGKILL)  # both at once: nothing gets to shut down
+        os.kill(pid, signal.SIGKILL)
+        process.communicate(timeout=30)
+        assert list(spool.glob("*.jsonl")), "the journal is what a killed job leaves"
+        if mlflow_state == "down":
+            server.start()
+        if recovery == "next start":
+            (tmp_path / "train.py").write_text(NEXT_JOB)
+            _train(tmp_path, env)  # its exporter sends what the killed job left before it exits
+        else:
+            done = subprocess.run(
+                [str(Path(PYTHON).with_name("tracelet")), "upload", "--spool-dir", str(spool)],
+                env={**env, "MLFLOW_TRACKING_URI": server.uri},
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert "ended 1 run(s) of killed processes as KILLED" in done.stdout
+        runs = {run["info"]["run_name"]: run for run in mlflow.runs(experiment)}
+        victim = runs["victim"]
+        assert victim["info"]["status"] == "KILLED"
+        assert [row[0] for row in mlflow.history(victim["info"]["run_id"], "train/loss")] == list(range(300))
+        if recovery == "next start":
+            assert runs["next"]["info"]["status"] == "FINISHED"
+            assert not list(spool.glob("*.jsonl"))
+    finally:
+        server.stop()

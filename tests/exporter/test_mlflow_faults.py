@@ -160,3 +160,50 @@ def test_server_down_at_start_then_killed_and_restarted(tmp_path: Path, caplog) 
     assert trainer.longest_call < exporter.export_timeout
     assert not list(spool.glob("*.jsonl")) and not list(spool.glob("*.lock"))
     assert len([r for r in caplog.records if "kept on disk" in r.getMessage()]) == 1
+
+
+def test_refused_credentials_spool_at_once_and_upload_with_the_right_ones(
+    tmp_path: Path, caplog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    password = f"pw-{unique('basic')}"
+    server = MlflowServer(tmp_path / "auth-server", basic_auth_password=password).start()
+    try:
+        experiment = unique("credentials")
+        spool = tmp_path / "spool"
+        for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
+        exporter = MlflowMetricExporter(
+            server.uri, experiment_name=experiment, spool_dir=spool, export_timeout=30, handle_process_exit=False
+        )
+        provider = provider_for(exporter, "credentials", interval_ms=200)
+        with caplog.at_level(logging.INFO), instrumented(provider):
+            trainer = Trainer(tmp_path / "train", pause=0.002).start()
+            wait_for(lambda: any("refused the credentials" in r.getMessage() for r in caplog.records), what="refusal")
+            time.sleep(1)  # more exports after the refusal: they must go to disk, not to MLflow
+            trainer.stop()
+            began = time.monotonic()
+            provider.shutdown()
+            shutdown_s = time.monotonic() - began
+        print(f"shutdown with credentials refused: {shutdown_s:.2f} s, {trainer.steps} steps")
+        refusals = [r for r in caplog.records if "refused the credentials" in r.getMessage()]
+        assert len(refusals) == 1  # reported once, never retried
+        assert "MLFLOW_TRACKING_USERNAME" in refusals[0].getMessage() and "HTTP 401" in refusals[0].getMessage()
+        assert exporter.delivered_points == 0
+        assert not any("is unavailable" in r.getMessage() for r in caplog.records)
+        assert list(spool.glob("*.jsonl"))
+
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        from opentelemetry.exporter.mlflow.spool import upload_spool  # noqa: PLC0415
+
+        assert upload_spool(spool, server.uri) == 0
+        auth = requests.Session()
+        auth.auth = ("admin", password)
+        mlflow = Mlflow(server.uri)
+        mlflow.session = auth
+        run = mlflow.only_run(experiment)
+        assert run["info"]["status"] == "FINISHED"
+        assert_exactly(mlflow, run["info"]["run_id"], trainer.logged)
+    finally:
+        server.stop()

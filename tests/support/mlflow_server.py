@@ -20,11 +20,12 @@ __all__ = ["MlflowServer", "free_port"]
 class MlflowServer:
     """One ``mlflow server`` process with a sqlite store in ``root``; restartable on the same port."""
 
-    def __init__(self, root: Path, port: int | None = None) -> None:
+    def __init__(self, root: Path, port: int | None = None, basic_auth_password: str | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
+        self.basic_auth_password = basic_auth_password  # MLflow's basic-auth app, user "admin"
 
     @property
     def uri(self) -> str:
@@ -37,6 +38,18 @@ class MlflowServer:
     def start(self, wait: bool = True) -> MlflowServer:
         # One worker and no job runner: 2 processes instead of ~15, ready in a few seconds.
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        auth: list[str] = []
+        if self.basic_auth_password is not None:
+            config = self.root / "basic_auth.ini"
+            config.write_text(
+                "[mlflow]\ndefault_permission = READ\n"
+                f"database_uri = sqlite:///{self.root / 'basic_auth.db'}\n"
+                f"admin_username = admin\nadmin_password = {self.basic_auth_password}\n"
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            )
+            env["MLFLOW_AUTH_CONFIG_PATH"] = str(config)
+            env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = f"test-{self.port}"
+            auth = ["--app-name", "basic-auth"]
         mlflow = Path(sys.executable).with_name("mlflow")
         log = open(self.root / "server.log", "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(
@@ -53,6 +66,7 @@ class MlflowServer:
                 str(self.port),
                 "--workers",
                 "1",
+                *auth,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

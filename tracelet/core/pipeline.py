@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,13 +56,19 @@ class Pipeline:
     def resource(self) -> dict[str, Any]:
         return dict(self.provider._sdk_config.resource.attributes)
 
-    def close(self, timeout_millis: float = 30_000) -> None:
-        """Exports what is left; shuts an owned provider down (the MLflow exporter then ends the run)."""
+    def close(self, timeout_millis: float = 20_000) -> None:
+        """Exports what is left; shuts an owned provider down (the MLflow exporter then ends the run).
+
+        Flush and shutdown share one budget, so the whole close fits a 30 s grace period (SIGTERM
+        before SIGKILL on Kubernetes and Slurm) with room to spare; what is not delivered by then is
+        spooled by the exporter.
+        """
+        deadline = time.monotonic() + timeout_millis / 1000
         try:
             self.provider.force_flush(timeout_millis)
         finally:
             if self.owned:
-                self.provider.shutdown(timeout_millis)
+                self.provider.shutdown(max(1_000.0, (deadline - time.monotonic()) * 1000))
             for close in self.closers:
                 close()
 

@@ -49,6 +49,20 @@ class MlflowUnavailable(Exception):  # noqa: N818 - reads as a condition, like T
     """
 
 
+class MlflowCredentialsRefused(MlflowUnavailable):
+    """MLflow answered 401 or 403: the credentials are missing or wrong. Retrying cannot help until they are fixed.
+
+    A subclass of :class:`MlflowUnavailable` (nothing is lost: the batch can be sent again once the
+    credentials are right); the exporter spools instead of retrying.
+    """
+
+
+CREDENTIALS_HELP = (
+    "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (basic auth) or MLFLOW_TRACKING_TOKEN (bearer token) "
+    "to credentials this server accepts"
+)
+
+
 class MlflowRejected(Exception):  # noqa: N818
     """MLflow refused a request for its content; retrying the same request cannot succeed."""
 
@@ -205,6 +219,7 @@ class _Rest:
             self.session.auth = (username, password)
         elif token:
             self.session.headers["Authorization"] = f"Bearer {token}"
+        self._authenticated = bool((username and password) or token)
         if _truthy(os.environ.get("MLFLOW_TRACKING_INSECURE_TLS")):
             self.session.verify = False
         elif os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
@@ -226,7 +241,10 @@ class _Rest:
         status = response.status_code
         if status < 300:
             return response.json() if response.content else {}
-        if status >= 500 or status in (401, 403, 408, 429):
+        if status in (401, 403):
+            given = "no credentials were sent" if not self._authenticated else "the credentials sent were refused"
+            raise MlflowCredentialsRefused(f"HTTP {status} from {public_uri(url)}: {given}; {CREDENTIALS_HELP}")
+        if status >= 500 or status in (408, 429):
             raise MlflowUnavailable(f"HTTP {status} from {public_uri(url)}: {response.text[:300]}")
         try:
             error = response.json()
@@ -435,11 +453,12 @@ class MlflowWriter:
       content (a changed param, a step outside int64, ...): those are dropped, each reported once
       (``logging.warning`` with MLflow's reason, per kind and key) and the rest is delivered;
     - it raises :class:`MlflowUnavailable` when MLflow cannot take the batch now (connection refused,
-      timeout, HTTP 5xx, 429, 401/403, a non-MLflow answer, an experiment deleted in MLflow until
+      timeout, HTTP 5xx, 429, a non-MLflow answer, an experiment deleted in MLflow until
       it is restored). Part of the batch may already be stored; sending the same batch again is
       safe, since MLflow stores an identical ``(key, step, timestamp, value)`` once (NaN and
       infinities included), re-logs identical params and overwrites tags. A receiver answers 503
-      so the sender retries;
+      so the sender retries; for 401/403 it raises the subclass :class:`MlflowCredentialsRefused`,
+      which the sender does not retry;
     - it raises :class:`MlflowRejected` when the whole batch can never be stored as addressed (an
       experiment name or run MLflow refuses to create): retrying will not help, the message says why.
 

@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from opentelemetry.exporter.mlflow.delivery import (
+    MlflowCredentialsRefused,
     MlflowRejected,
     MlflowUnavailable,
     MlflowWriter,
@@ -30,7 +31,7 @@ from opentelemetry.exporter.mlflow.delivery import (
     take,
 )
 from opentelemetry.exporter.mlflow.mapping import INSTANCE_ID, RunBatch, RunKey
-from opentelemetry.exporter.mlflow.spool import Entry, Spool, Status, points, read
+from opentelemetry.exporter.mlflow.spool import Entry, Journal, Spool, Status, points, read, upload_spool
 
 _logger = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class Sender:
         self.max_queue_points = max_queue_points
         self.request_timeout = request_timeout
         self._spool = Spool(self.spool_dir, self.tracking_uri, self.experiment_id)
+        self._journal = Journal(self._spool)
         self._instance = instance
         self._source_tags = dict(source_tags or {})
 
@@ -87,9 +89,11 @@ class Sender:
         self._owned: dict[RunKey, None] = {}  # runs this sender writes to and ends
         self._writer: MlflowWriter | None = None
         self._thread: threading.Thread | None = None
+        self._recovery: threading.Thread | None = None  # sends what dead processes left (see _recover)
         self._closed = False
         self._stopping = False
         self._failures = 0
+        self._refused = ""  # MLflow refused the credentials: nothing is sent any more, all is spooled
         self._wake = threading.Event()
         self._last_error = ""
         self._reported: set[str] = set()
@@ -97,24 +101,35 @@ class Sender:
         self._progress = progress
 
     def submit(self, batches: Iterable[RunBatch]) -> None:
-        """Queues rows; never waits for MLflow."""
+        """Queues rows, after appending them to the journal; never waits for MLflow."""
         with self._cond:
+            added = []
             for batch in batches:
                 batch.run = self._own_key(batch.run)
                 if batch.run.run_id is None:
                     self._owned[batch.run] = None
-                self._memory.append(batch)
+                added.append(batch)
                 self._queued += len(batch.metrics)
-            if self._queued > self.max_queue_points:
+            self._journal.append(added)
+            self._memory.extend(added)
+            if self._queued > self.max_queue_points or (self._refused and self._memory):
                 self._spill_locked()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._send_loop, name="MlflowSender", daemon=True)
                 self._thread.start()
+                self._recovery = threading.Thread(target=self._recover, name="MlflowSpoolRecovery", daemon=True)
+                self._recovery.start()
             self._cond.notify_all()
 
     def flush(self, timeout: float) -> bool:
-        """Waits until everything queued so far is in MLflow; ``False`` if not within ``timeout`` seconds."""
+        """Waits until everything queued so far is in MLflow; ``False`` if not within ``timeout`` seconds.
+
+        Returns ``False`` at once while MLflow is known to be unavailable: waiting would only delay
+        the shutdown that usually follows, which spools what is left.
+        """
         self._wake.set()
+        if self.unavailable:
+            return False
         return self._wait_idle(time.monotonic() + timeout)
 
     def shutdown(self, status: str, timeout: float) -> None:
@@ -166,6 +181,8 @@ class Sender:
             return
         self._segments.append(path)
         spilled, self._queued = self._queued, 0
+        if self._refused:  # the refusal's own message says where the points are
+            return
         self._report(
             "spill",
             "MLflow at %s is not taking points as fast as they come; more than %d wait, so they are "
@@ -194,6 +211,10 @@ class Sender:
 
     def _next_locked(self) -> Entry | None:
         while not self._stopping:
+            if self._refused:  # nothing can be sent until the credentials are fixed; shutdown spools
+                self._cond.notify_all()
+                self._cond.wait()
+                continue
             if self._inflight is not None:
                 return self._inflight
             if self._loaded is not None:
@@ -220,7 +241,8 @@ class Sender:
                 self._queued -= len(chunk.metrics)
                 self._inflight, self._inflight_from_memory = chunk, True
                 return chunk
-            self._cond.notify_all()  # idle: wake flushers
+            self._journal.settle(self._owned)  # idle: everything journaled is in MLflow
+            self._cond.notify_all()  # wake flushers
             self._cond.wait()
         return None
 
@@ -232,6 +254,9 @@ class Sender:
                 return
             try:
                 self._deliver(entry)
+            except MlflowCredentialsRefused as exc:
+                self._refuse(str(exc))
+                continue
             except MlflowUnavailable as exc:
                 self._failures += 1
                 self._unavailable(str(exc), self._failures)
@@ -252,6 +277,19 @@ class Sender:
                     if not self._inflight_from_memory:
                         self._loaded_index += 1
                 self._cond.notify_all()
+
+    def _recover(self) -> None:
+        """Sends what processes that died on this machine left for this tracking URI (journals, segments)."""
+        uri = self.tracking_uri
+        try:
+            upload_spool(self.spool_dir, uri, retry_for=30.0, say=_logger.info, only_uri=uri)
+        except Exception as exc:  # noqa: BLE001 - recovery must never disturb this process's own delivery
+            _logger.warning(
+                "MLflow exporter: could not send what earlier processes left in %s (%s: %s)",
+                self.spool_dir,
+                type(exc).__name__,
+                exc,
+            )
 
     def _deliver(self, entry: Entry) -> None:
         writer = self._writer
@@ -285,6 +323,27 @@ class Sender:
         self._wake.wait(delay)
         self._wake.clear()
 
+    def _refuse(self, error: str) -> None:
+        """Credentials refused: keep everything on disk at once and stop sending (no retry can succeed)."""
+        with self._cond:
+            self._failures += 1
+            self._refused = self._last_error = error
+            if self._inflight is not None and self._inflight_from_memory:
+                self._memory.appendleft(self._inflight)  # type: ignore[arg-type]
+                self._queued += len(self._inflight.metrics)  # type: ignore[union-attr]
+                self._inflight = None
+            if self._memory:
+                self._spill_locked()
+            self._cond.notify_all()
+        _logger.error(
+            "MLflow at %s refused the credentials (%s). Nothing more is sent from this process; every point is kept "
+            "in %s. Once the credentials are right, send them with: tracelet upload --spool-dir %s",
+            public_uri(self.tracking_uri),
+            error,
+            self.spool_dir,
+            self.spool_dir,
+        )
+
     def _park(self, entry: Entry, exc: MlflowRejected) -> None:
         """A batch MLflow refuses as a whole: kept on disk for ``tracelet upload`` once the cause is fixed."""
         try:
@@ -306,11 +365,12 @@ class Sender:
     # Shutdown -----------------------------------------------------------------------------------
 
     def _shutdown(self, status: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+        began = time.monotonic()
+        deadline = began + timeout
         self._closed = True
         self._wake.set()
         # While MLflow is known to be down, waiting only delays the spool: save at once.
-        drained = False if self.unavailable else self._wait_idle(deadline)
+        drained: bool | None = None if self.unavailable else self._wait_idle(deadline)
         end_ms = int(time.time() * 1000)
         with self._cond:
             self._stopping = True
@@ -330,19 +390,26 @@ class Sender:
         else:
             left = oldest + left
         statuses = [Status(run, status, end_ms) for run in self._owned]
-        if drained and not left and not on_disk and statuses:
+        if drained and not left and not on_disk and statuses:  # None (did not wait) counts as not drained
             statuses = self._finish(statuses)
         saved = None
+        unsaved = False
         if left or statuses:
             try:
                 saved = self._spool.write(left + statuses)
             except OSError as exc:
+                unsaved = True
+                kept = "" if self._journal.broken else f"; they stay in the journal in {self.spool_dir}"
                 _logger.error(
-                    "MLflow exporter: %d points could not be delivered nor saved in %s (%s); they are lost",
+                    "MLflow exporter: %d points could not be delivered nor saved in a spool segment in %s (%s)%s",
                     points(left),
                     self.spool_dir,
                     exc,
+                    kept or "; they are lost",
                 )
+        if not unsaved:
+            with self._cond:
+                self._journal.discard()  # everything in it is in MLflow or in a segment
         if left or on_disk:
             waiting = points(left) + sum(_count(path) for path in on_disk)
             runs = sorted(
@@ -350,13 +417,13 @@ class Sender:
                 | {s.run.run_name or s.run.instance_id for s in statuses}
             )
             _logger.warning(
-                "MLflow at %s did not take %d points%s within %.0f s (%s). They are saved in %s; send them "
+                "MLflow at %s did not take %d points%s (%s; shutdown %s). They are saved in %s; send them "
                 "later with: tracelet upload --spool-dir %s",
                 public_uri(self.tracking_uri),
                 waiting,
                 f" of run {', '.join(runs)}" if runs else "",
-                timeout,
                 self._last_error or "still sending",
+                f"waited {time.monotonic() - began:.1f} s" if drained is not None else "did not wait",
                 self.spool_dir,
                 self.spool_dir,
             )
@@ -369,6 +436,8 @@ class Sender:
                 self.spool_dir,
                 self.spool_dir,
             )
+        if self._recovery is not None and not self.unavailable:  # what a killed job left goes out first
+            self._recovery.join(timeout=max(0.0, deadline - time.monotonic()))
         self._spool.release()
         if self._thread is not None:
             self._thread.join(timeout=max(0.0, min(1.0, deadline - time.monotonic())))

@@ -12,8 +12,19 @@ with non-finite values written ``"NaN"``, ``"Infinity"``, ``"-Infinity"``, or a 
 
 A segment is written to a temporary name, fsync'd and renamed, so a reader sees whole segments
 only. A process holds an exclusive ``flock`` on ``<prefix>.lock`` while it may still read its
-segments; :func:`upload_spool` leaves those alone. Re-sending a segment is harmless (MLflow stores an
-identical point once), so a segment is removed only after all of it was delivered.
+segments; :func:`upload_spool` claims the same lock before it sends a process's segments, so two
+uploads at once (or an upload beside a running job) never send one segment twice. Re-sending a
+segment is harmless (MLflow stores an identical point once), so a segment is removed only after all
+of it was delivered.
+
+The **journal** (:class:`Journal`) is the write-ahead log of the exporter's delivery: every row is
+appended to it (one buffered write per export, fsync'd at most once a second) before it is queued
+for MLflow. Whenever everything in it was delivered, the journal starts over holding one empty row
+per run the process created (so a crash can still end them); a shutdown removes it. A journal left
+behind means its process died without a shutdown (SIGKILL, OOM, a node lost): :func:`upload_spool`
+(``tracelet upload``, and the exporter itself when it next starts on the machine) sends it and then
+ends the runs that process created as ``KILLED``, at the journal's last write. Its header says
+``"journal": true``; a torn last line (the process died mid-write) is ignored.
 """
 
 from __future__ import annotations
@@ -25,13 +36,14 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from opentelemetry.exporter.mlflow.delivery import (
+    MlflowCredentialsRefused,
     MlflowRejected,
     MlflowUnavailable,
     MlflowWriter,
@@ -49,6 +61,7 @@ _logger = logging.getLogger(__name__)
 
 SUFFIX = ".jsonl"
 FORMAT = 1
+SYNC_SECONDS = 1.0  # the journal is fsync'd at most this often: a power loss costs at most this much
 
 
 def default_spool_dir() -> Path:
@@ -162,6 +175,19 @@ class Spool:
         _fsync_dir(self.directory)
         return path
 
+    def open_journal(self) -> tuple[Path, IO[str]]:
+        """A new journal file of this process (see :class:`Journal`), its header written."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._hold_lock()
+        self._seq += 1
+        path = self.directory / f"{self.prefix}-{self._seq:06d}{SUFFIX}"
+        file = open(path, "w", encoding="utf-8")  # noqa: SIM115 - owned by the Journal
+        file.write(json.dumps({**self.header, "journal": True}) + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+        _fsync_dir(self.directory)
+        return path, file
+
     def prepend(self, path: Path, entries: list[Entry]) -> None:
         """Puts ``entries`` (older rows) at the head of an existing segment, atomically."""
         header, existing = read(path)
@@ -194,13 +220,80 @@ class Spool:
 
 
 def read(path: Path) -> tuple[dict[str, Any], list[Entry]]:
-    """A segment's header and entries."""
+    """A segment's header and entries (a journal's torn last line, written as its process died, is left out)."""
     with open(path, encoding="utf-8") as file:
-        lines = iter(file)
-        header = json.loads(next(lines, "{}"))
-        if header.get("tracelet_spool") != FORMAT:
-            raise ValueError(f"{path} is not a tracelet spool segment (format {FORMAT})")
-        return header, [decode(line) for line in lines if line.strip()]
+        lines = file.readlines()
+    header = json.loads(lines[0] if lines else "{}")
+    if header.get("tracelet_spool") != FORMAT:
+        raise ValueError(f"{path} is not a tracelet spool segment (format {FORMAT})")
+    entries = []
+    for index, line in enumerate(lines[1:], start=1):
+        if not line.strip():
+            continue
+        try:
+            entries.append(decode(line))
+        except (ValueError, KeyError, TypeError):
+            if header.get("journal") and index == len(lines) - 1 and not line.endswith("\n"):
+                break  # torn by the process's death: the rows before it are whole
+            raise
+    return header, entries
+
+
+class Journal:
+    """The write-ahead log of one sender: rows reach local disk before delivery (see the module docstring).
+
+    Not thread-safe: the sender calls it under its own lock. A journal that cannot be written
+    (read-only or full disk) reports once and stops; delivery goes on without it.
+    """
+
+    def __init__(self, spool: Spool) -> None:
+        self._spool = spool
+        self._path: Path | None = None
+        self._file: IO[str] | None = None
+        self._synced = 0.0
+        self._settled = True  # holds nothing undelivered
+        self.broken = ""
+
+    def append(self, entries: Iterable[Entry]) -> None:
+        if self.broken:
+            return
+        self._settled = False
+        try:
+            if self._file is None:
+                self._path, self._file = self._spool.open_journal()
+            self._file.write("".join(encode(entry) + "\n" for entry in entries))
+            self._file.flush()  # in the kernel now: a killed process loses nothing of it
+            now = time.monotonic()
+            if now - self._synced >= SYNC_SECONDS:
+                os.fsync(self._file.fileno())  # on the disk now: a power loss costs at most SYNC_SECONDS
+                self._synced = now
+        except OSError as exc:
+            self.broken = f"{type(exc).__name__}: {exc}"
+            _logger.warning(
+                "MLflow exporter: cannot write the journal in %s (%s); points are delivered without it, and a "
+                "killed process loses those not yet delivered",
+                self._spool.directory,
+                self.broken,
+            )
+            self.discard()
+
+    def settle(self, runs: Iterable[RunKey]) -> None:
+        """Everything appended is in MLflow: start over with one empty row per run of ``runs``."""
+        if self._settled or self.broken:
+            return
+        self.discard()
+        self.append([RunBatch(run) for run in runs])
+        self._settled = True
+
+    def discard(self) -> None:
+        """Removes the journal file: everything in it is in MLflow or in a spool segment."""
+        file, path, self._file, self._path = self._file, self._path, None, None
+        if file is not None:
+            with suppress(OSError):
+                file.close()
+        if path is not None:
+            with suppress(OSError):
+                path.unlink()
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -212,22 +305,27 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def _in_use(directory: Path, prefix: str) -> bool:
-    """Whether a running process still owns the segments of ``prefix`` (stale locks are removed)."""
-    lock_path = directory / f"{prefix}.lock"
-    if fcntl is None or not lock_path.exists():
-        return False
+def _claim(directory: Path, prefix: str) -> IO[str] | None:
+    """The lock of ``prefix``'s segments, held, or ``None`` while a running process (or upload) holds it."""
+    if fcntl is None:
+        return open(os.devnull, "a")
     try:
-        with open(lock_path, "a") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-    except BlockingIOError:
-        return True
+        lock = open(directory / f"{prefix}.lock", "a")  # noqa: SIM115 - released by _release
     except OSError:
-        return False
-    with suppress(OSError):
-        lock_path.unlink()
-    return False
+        return None
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        return None
+    return lock
+
+
+def _release(directory: Path, prefix: str, lock: IO[str]) -> None:
+    if not list(directory.glob(f"{prefix}-*{SUFFIX}")):
+        with suppress(OSError):
+            os.unlink(directory / f"{prefix}.lock")
+    lock.close()
 
 
 def segments(directory: Path) -> list[Path]:
@@ -256,6 +354,8 @@ def _deliver(writer: MlflowWriter, entry: Entry, experiment_id: str | None, retr
             else:
                 writer.write(entry, experiment_id)
             return
+        except MlflowCredentialsRefused:
+            raise  # waiting cannot fix credentials
         except MlflowUnavailable as exc:
             if time.monotonic() + delay > deadline:
                 raise
@@ -265,47 +365,70 @@ def _deliver(writer: MlflowWriter, entry: Entry, experiment_id: str | None, retr
             delay = min(delay * 2, 5.0)
 
 
-def _entries(paths: list[Path]) -> Iterator[tuple[Path, dict[str, Any] | None, list[Entry], str | None]]:
-    for path in paths:
-        try:
-            header, entries = read(path)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            yield path, None, [], f"{type(exc).__name__}: {exc}"
-            continue
-        yield path, header, entries, None
+def _prefix(path: Path) -> str:
+    return path.name.rsplit("-", 1)[0]
 
 
-def upload_spool(spool_dir: Path | str | None = None, tracking_uri: str | None = None, retry_for: float = 60.0) -> int:
+def _killed(entries: list[Entry], last_write_ms: int) -> list[Status]:
+    """A journal's runs that its dead process created, ended ``KILLED`` when it last wrote."""
+    runs = {entry.run: None for entry in entries if isinstance(entry, RunBatch) and entry.run.run_id is None}
+    return [Status(run, "KILLED", last_write_ms) for run in runs]
+
+
+def upload_spool(
+    spool_dir: Path | str | None = None,
+    tracking_uri: str | None = None,
+    retry_for: float = 60.0,
+    say: Callable[[str], object] | None = None,
+    only_uri: str | None = None,
+) -> int:
     """Sends every spooled segment to MLflow in order and removes each once delivered.
 
     The tracking URI is ``tracking_uri`` if given, else ``MLFLOW_TRACKING_URI``, else the one
     recorded in the segment (where the points were meant to go). Segments of a still running
-    process are left alone. Prints a summary; returns 0 when nothing is left to send, 1 otherwise (MLflow
-    unavailable for ``retry_for`` seconds, a segment unreadable or refused as a whole).
+    process, or of another upload running now, are left alone. A journal (its process died) is
+    sent and its process's runs end ``KILLED``. ``say`` reports (default: print); ``only_uri``
+    keeps to segments written for that tracking URI (the exporter's recovery at start). Returns 0
+    when nothing is left to send, 1 otherwise (MLflow unavailable for ``retry_for`` seconds, a
+    segment unreadable or refused as a whole).
     """
+    report = say or (lambda text: print(text, flush=True))
     directory = Path(spool_dir).expanduser() if spool_dir else default_spool_dir()
     if spool_dir and not directory.is_dir():
-        print(f"tracelet upload: no spool directory {directory}")
+        report(f"tracelet upload: no spool directory {directory}")
         return 1
     found = segments(directory)
     if not found:
-        print(f"tracelet upload: nothing to upload in {directory}")
+        if say is None:
+            report(f"tracelet upload: nothing to upload in {directory}")
         return 0
-    busy = {p.name.rsplit("-", 1)[0] for p in found if _in_use(directory, p.name.rsplit("-", 1)[0])}
-    todo = [p for p in found if p.name.rsplit("-", 1)[0] not in busy]
+    claims: dict[str, IO[str] | None] = {}
+    busy: set[str] = set()
     writers: dict[str, MlflowWriter] = {}
-    sent_points = sent_segments = 0
+    sent_points = sent_segments = killed = 0
     problems: list[str] = []
-    progress = _progress()
-    task = progress.add_task("uploading", total=len(todo)) if progress else None
+    progress = _progress() if say is None else None
+    task = progress.add_task("uploading", total=len(found)) if progress else None
     if progress:
         progress.start()
     try:
-        for path, header, entries, error in _entries(todo):
+        for path in found:
             if progress:
                 progress.advance(task)
-            if header is None:
-                problems.append(f"{path.name}: unreadable ({error}); kept")
+            prefix = _prefix(path)
+            if prefix not in claims:
+                claims[prefix] = _claim(directory, prefix)
+            if claims[prefix] is None:
+                busy.add(prefix)
+                continue
+            try:
+                header, entries = read(path)
+            except FileNotFoundError:  # sent meanwhile by an upload that held the lock before us
+                continue
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                problems.append(f"{path.name}: unreadable ({type(exc).__name__}: {exc}); kept")
+                continue
+            if only_uri is not None and header.get("tracking_uri") != public_uri(only_uri):
                 continue
             uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or header.get("tracking_uri")
             uri = uri or default_tracking_uri()
@@ -314,9 +437,17 @@ def upload_spool(spool_dir: Path | str | None = None, tracking_uri: str | None =
             except (ValueError, RuntimeError) as exc:
                 problems.append(f"{path.name}: {exc}; kept")
                 continue
+            statuses = []
+            if header.get("journal"):
+                with suppress(OSError):
+                    statuses = _killed(entries, int(path.stat().st_mtime * 1000))
             try:
-                for entry in entries:
+                for entry in [*entries, *statuses]:
                     _deliver(writer, entry, header.get("experiment_id"), retry_for)
+            except MlflowCredentialsRefused as exc:
+                refused = f"MLflow at {public_uri(uri)} refused the credentials ({exc}); {path.name} and later kept"
+                problems.append(refused)
+                break
             except MlflowUnavailable as exc:
                 problems.append(f"MLflow at {public_uri(uri)} is unavailable ({exc}); {path.name} and later kept")
                 break
@@ -325,17 +456,24 @@ def upload_spool(spool_dir: Path | str | None = None, tracking_uri: str | None =
                 continue
             sent_points += points(entries)
             sent_segments += 1
+            killed += len(statuses)
             path.unlink()
     finally:
         if progress:
             progress.stop()
         for writer in writers.values():
             writer.close()
+        for prefix, lock in claims.items():
+            if lock is not None:
+                _release(directory, prefix, lock)
     left = len(segments(directory))
-    print(
-        f"tracelet upload: sent {sent_points} points from {sent_segments} segment(s) in {directory}; "
-        f"{left} segment(s) left" + (f" ({len(busy)} process(es) still running)" if busy else "")
-    )
+    if say is None or sent_segments or problems:
+        report(
+            f"tracelet upload: sent {sent_points} points from {sent_segments} segment(s) in {directory}"
+            + (f", ended {killed} run(s) of killed processes as KILLED" if killed else "")
+            + f"; {left} segment(s) left"
+            + (f" ({len(busy)} process(es) still running or uploading)" if busy else "")
+        )
     for problem in problems:
-        print(f"tracelet upload: {problem}")
+        report(f"tracelet upload: {problem}")
     return 0 if left == 0 else 1
