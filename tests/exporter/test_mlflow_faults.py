@@ -16,16 +16,20 @@ from pathlib import Path
 import pytest
 import requests
 from mlflow_readback import Mlflow, Trainer, assert_exactly, instrumented, provider_for, unique, wait_for
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
 from support.mlflow_server import MlflowServer
 
 from opentelemetry.exporter.mlflow import MlflowMetricExporter
+from opentelemetry.instrumentation.tensorboard.configurator import meter_provider
 
 
 class FaultyProxy:
     """A real HTTP proxy on 127.0.0.1 in front of MLflow that can fail on purpose.
 
-    Modes: ``pass``; ``503`` and ``429`` (answered without reaching MLflow); ``stall`` (the request
-    reaches MLflow and is stored, then the answer comes too late for the client's timeout).
+    Modes: ``pass``; ``503`` and ``429`` (answered without reaching MLflow); ``stall`` (a log-batch
+    reaches MLflow and is stored, then the answer comes too late for the client's timeout);
+    ``stall-create`` (the same for ``runs/create``: the run exists, the client does not know it).
     """
 
     def __init__(self, upstream: str, stall_seconds: float) -> None:
@@ -54,7 +58,9 @@ class FaultyProxy:
                     headers={"Content-Type": self.headers.get("Content-Type", "application/json")},
                     timeout=60,
                 )
-                if mode == "stall" and "log-batch" in self.path:
+                if (mode == "stall" and "log-batch" in self.path) or (
+                    mode == "stall-create" and "runs/create" in self.path
+                ):
                     proxy.faults[mode] += 1
                     time.sleep(stall_seconds)
                 try:
@@ -119,6 +125,41 @@ def test_503_429_and_timeouts_from_the_server_lose_and_duplicate_nothing(mlflow_
     assert all(r.exc_info is None for r in caplog.records)
     outages = [r for r in caplog.records if "is unavailable" in r.getMessage()]
     assert 1 <= len(outages) <= 3  # one per outage, not one per attempt
+
+
+def test_a_run_create_that_times_out_but_happened_leaves_one_run(mlflow_server, tmp_path: Path, caplog) -> None:
+    experiment = unique("slow-create")
+    proxy = FaultyProxy(mlflow_server.uri, stall_seconds=2.5)
+    proxy.mode = "stall-create"
+    name = 'it\'s "quoted"'  # both quote characters: no MLflow filter can name it
+    exporter = MlflowMetricExporter(
+        proxy.uri,
+        experiment_name=experiment,
+        spool_dir=tmp_path / "spool",
+        request_timeout=1.0,
+        export_timeout=20,
+        handle_process_exit=False,
+    )
+    provider = meter_provider(
+        [PeriodicExportingMetricReader(exporter, export_interval_millis=300)],
+        resource=Resource.create({"service.name": "slow-create", "mlflow.run.name": name}),
+    )
+    try:
+        with caplog.at_level(logging.INFO), instrumented(provider):
+            trainer = Trainer(tmp_path / "train").start()
+            wait_for(lambda: proxy.faults["stall-create"] >= 1, what="a runs/create that times out")
+            time.sleep(3)  # the stalled create has landed by now; the retries come after it
+            proxy.mode = "pass"
+            wait_for(lambda: exporter.delivered_points > 0, what="delivery after the slow create")
+            trainer.stop()
+            provider.shutdown()
+    finally:
+        proxy.close()
+    mlflow = Mlflow(mlflow_server.uri)
+    runs = mlflow.runs(experiment)
+    assert [r["info"]["run_name"] for r in runs] == [name]  # one run, found again despite its name
+    assert runs[0]["info"]["status"] == "FINISHED"
+    assert_exactly(mlflow, runs[0]["info"]["run_id"], trainer.logged)
 
 
 @pytest.mark.slow

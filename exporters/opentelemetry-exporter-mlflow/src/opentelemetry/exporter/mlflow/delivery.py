@@ -11,6 +11,7 @@ which needs the full ``mlflow`` package.
 from __future__ import annotations
 
 import configparser
+import contextlib
 import json
 import logging
 import math
@@ -270,15 +271,18 @@ class _Rest:
         info = self.call("GET", "runs/get", params={"run_id": run_id})["run"]["info"]
         return info.get("lifecycle_stage", "active"), info["experiment_id"], info.get("run_name")
 
-    def find_run(self, experiment_id: str, instance_id: str, name: str | None) -> str | None:
+    def find_runs(self, experiment_id: str, instance_id: str) -> list[tuple[int, str, str | None]]:
         body = {
             "experiment_ids": [experiment_id],
-            "filter": _run_filter(instance_id, name),
+            "filter": _run_filter(instance_id),
             "run_view_type": "ACTIVE_ONLY",
-            "max_results": 1,
+            "max_results": 1000,
         }
         runs = self.call("POST", "runs/search", json.dumps(body)).get("runs") or []
-        return runs[0]["info"]["run_id"] if runs else None
+        return [(int(r["info"].get("start_time") or 0), r["info"]["run_id"], r["info"].get("run_name")) for r in runs]
+
+    def delete_run(self, run_id: str) -> None:
+        self.call("POST", "runs/delete", json.dumps({"run_id": run_id}))
 
     def create_run(self, experiment_id: str, name: str | None, tags: Mapping[str, str], start_ms: int) -> str:
         body: dict[str, Any] = {
@@ -357,15 +361,14 @@ class _Store:
         info = self._guard(self.store.get_run, run_id).info
         return info.lifecycle_stage, info.experiment_id, info.run_name
 
-    def find_run(self, experiment_id: str, instance_id: str, name: str | None) -> str | None:
+    def find_runs(self, experiment_id: str, instance_id: str) -> list[tuple[int, str, str | None]]:
         runs = self._guard(
-            self.store.search_runs,
-            [experiment_id],
-            _run_filter(instance_id, name),
-            self._active_only,
-            max_results=1,
+            self.store.search_runs, [experiment_id], _run_filter(instance_id), self._active_only, max_results=1000
         )
-        return runs[0].info.run_id if runs else None
+        return [(int(r.info.start_time or 0), r.info.run_id, r.info.run_name) for r in runs]
+
+    def delete_run(self, run_id: str) -> None:
+        self._guard(self.store.delete_run, run_id)
 
     def create_run(self, experiment_id: str, name: str | None, tags: Mapping[str, str], start_ms: int) -> str:
         run_tag = self._entities[2]
@@ -411,11 +414,10 @@ def _root_cause(exc: BaseException) -> str:
     return text.rsplit(": ", 1)[-1] if "[Errno" in text else text
 
 
-def _run_filter(instance_id: str, name: str | None) -> str:
-    """The run of a process, by its instance tag and, when it has one, its name: several runs of one
-    process (one after the other, or one per provider) share the SDK's ``service.instance.id``."""
-    found = f"tags.`{INSTANCE_ID}` = {_quote(instance_id)}"
-    return f"{found} and attributes.run_name = {_quote(name)}" if name else found
+def _run_filter(instance_id: str) -> str:
+    """The runs of a process, by its instance tag. Names are compared in Python: MLflow's filter
+    grammar has no escapes, so a name holding both quote characters cannot be searched for."""
+    return f"tags.`{INSTANCE_ID}` = {_quote(instance_id)}"
 
 
 def _quote(value: str) -> str:
@@ -484,6 +486,8 @@ class MlflowWriter:
         else:  # MLflow's store also covers auth plugins on http(s) URIs
             self._transport = _Store(self.tracking_uri)
         self._lock = threading.Lock()
+        self._request_timeout = timeout
+        self._timed_out: set[tuple[str, str, str | None]] = set()  # creates that may have happened
         self._runs: dict[tuple[RunKey, str | None], str] = {}
         self._experiments: dict[str, str] = {}
         self._reported: set[str] = set()
@@ -534,9 +538,8 @@ class MlflowWriter:
                 run_id = run.run_id
             elif run.instance_id:
                 try:
-                    run_id = self._transport.find_run(
-                        self._experiment_id(run, experiment_id), run.instance_id, run.run_name
-                    )
+                    key = (self._experiment_id(run, experiment_id), run.instance_id, run.run_name)
+                    run_id = self._find(key, wait=False)
                 except MlflowRejected:
                     run_id = None
             if run_id is None:
@@ -671,12 +674,52 @@ class MlflowWriter:
             experiment, name = like[0], run.run_name or like[1]
         else:
             experiment, name = self._experiment_id(run, experiment_id), run.run_name
-        if run.instance_id:
-            found = transport.find_run(experiment, run.instance_id, name)
-            if found:
-                return found
+        if not run.instance_id:
+            start = int(start_ms if start_ms is not None else time.time() * 1000)
+            return transport.create_run(experiment, name, dict(run.tags), start)
+        # Find, else create, then find again: a create that timed out may still have happened (its
+        # run shows up later), and two resolvers may create at once. The process's runs of one name
+        # converge on the oldest; the empty extras made by retries are deleted.
+        key = (experiment, run.instance_id, name)
+        found = self._find(key, wait=key in self._timed_out)
+        if found:
+            return found
         start = int(start_ms if start_ms is not None else time.time() * 1000)
-        return transport.create_run(experiment, name, dict(run.tags), start)
+        try:
+            created = transport.create_run(experiment, name, dict(run.tags), start)
+        except MlflowUnavailable:
+            self._timed_out.add(key)
+            raise
+        self._timed_out.discard(key)
+        return self._find(key, wait=False, created=created) or created
+
+    def _find(self, key: tuple[str, str, str | None], wait: bool, created: str | None = None) -> str | None:
+        """The oldest active run of ``key`` (experiment, instance, name); deletes ``created`` if it is a duplicate.
+
+        ``wait``: a create for ``key`` timed out, so its run may still appear: look again for up to
+        one request timeout before answering that there is none.
+        """
+        experiment, instance, name = key
+        deadline = time.monotonic() + (self._request_timeout if wait else 0.0)
+        while True:
+            runs = sorted(r for r in self._transport.find_runs(experiment, instance) if r[2] == name or name is None)
+            if runs or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+        if not runs:
+            return None
+        keep = runs[0][1]
+        if created is not None and created != keep:
+            with contextlib.suppress(MlflowUnavailable, MlflowRejected):
+                self._transport.delete_run(created)
+            self._report(
+                f"duplicate:{created}",
+                "MLflow already had run %s for these points (an earlier request that timed out had created it); "
+                "the duplicate %s is deleted",
+                keep,
+                created,
+            )
+        return keep
 
     def _replace(self, run: RunKey, experiment_id: str | None, old: str, reason: str, start_ms: int | None) -> str:
         with self._lock:
