@@ -8,7 +8,39 @@ import sys
 from pathlib import Path
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is between 0 and 65535, got {port}")
+    return port
+
+
+def _positive(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {number}")
+    return number
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Runs a command; a user's mistake (bad address, unreadable URI) exits 2 with one line, Ctrl-C exits 130."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("tracelet: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as exc:  # what the user can fix: no traceback
+        print(f"tracelet: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="tracelet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -18,13 +50,13 @@ def main(argv: list[str] | None = None) -> int:
 
     receive = commands.add_parser("receive", help="OTLP/HTTP receiver that writes metrics into MLflow")
     receive.add_argument("--host", default="127.0.0.1")
-    receive.add_argument("--port", type=int, default=4319)
+    receive.add_argument("--port", type=_port, default=4319)
     receive.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
     receive.add_argument("--experiment", default=None, help="experiment for points whose resource names none")
     receive.add_argument(
         "--token", default=None, help="require 'Authorization: Bearer TOKEN' (or TRACELET_RECEIVER_TOKEN)"
     )
-    receive.add_argument("--max-body", type=int, default=32 * 1024 * 1024, help="largest request body in bytes")
+    receive.add_argument("--max-body", type=_positive, default=32 * 1024 * 1024, help="largest request body in bytes")
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -34,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         return upload_spool(args.spool_dir, args.tracking_uri)
     from tracelet.receiver import serve  # noqa: PLC0415
 
-    serve(
+    return serve(
         host=args.host,
         port=args.port,
         tracking_uri=args.tracking_uri,
@@ -42,7 +74,6 @@ def main(argv: list[str] | None = None) -> int:
         token=args.token,
         max_body=args.max_body,
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -438,11 +438,14 @@ def serve(
     experiment: str | None = None,
     token: str | None = None,
     max_body: int = MAX_BODY,
-) -> None:
-    """Runs the receiver until Ctrl-C or SIGTERM (``tracelet receive``)."""
+) -> int:
+    """Runs the receiver until Ctrl-C or SIGTERM (``tracelet receive``); the exit status: 130 after Ctrl-C, else 0."""
     receiver = Receiver(host, port, tracking_uri, experiment, token, max_body)
+    terminated = False
 
     def stop(signum: int, _frame: object) -> None:
+        nonlocal terminated
+        terminated = True  # asked to stop (a service manager): an orderly exit
         raise KeyboardInterrupt
 
     if threading.current_thread() is threading.main_thread():
@@ -456,3 +459,4 @@ def serve(
     with contextlib.suppress(KeyboardInterrupt):
         receiver.serve_forever()
     _logger.info("tracelet receiver: stopped")
+    return 0 if terminated else 130

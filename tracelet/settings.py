@@ -38,6 +38,16 @@ class TraceletSettings(BaseSettings):
     export_interval: float = Field(5.0, gt=0, description="seconds between two exports of the push backends")
     patch_tensorboard: bool = Field(True, description="capture SummaryWriter calls")
 
+    @field_validator("tracking_uri")
+    @classmethod
+    def _usable_uri(cls, value: str | None) -> str | None:
+        # Checked here, so start_logging refuses a bad URI before it stops a running experiment.
+        if value is None:
+            return value
+        from opentelemetry.exporter.mlflow.delivery import check_tracking_uri  # noqa: PLC0415
+
+        return check_tracking_uri(value)
+
     @field_validator("backend", mode="before")
     @classmethod
     def _backend_list(cls, value: Any) -> Any:

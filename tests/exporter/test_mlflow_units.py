@@ -142,3 +142,36 @@ def test_writer_refuses_bad_arguments() -> None:
         MlflowWriter("http://127.0.0.1:1", timeout=0)
     with pytest.raises(ValueError, match="status"):
         MlflowWriter("http://127.0.0.1:1").finish(RUN, "DONE")
+
+
+def test_a_login_page_answering_200_is_named_as_such() -> None:
+    import threading  # noqa: PLC0415
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: PLC0415
+
+    from opentelemetry.exporter.mlflow.delivery import MlflowUnavailable, MlflowWriter  # noqa: PLC0415
+    from opentelemetry.exporter.mlflow.mapping import RunBatch  # noqa: PLC0415
+
+    class Login(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _page(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b"<html><form>Sign in</form></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _page  # noqa: N815
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Login)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        writer = MlflowWriter(f"http://127.0.0.1:{server.server_address[1]}", timeout=5)
+        with pytest.raises(MlflowUnavailable, match=r"not an MLflow answer .*text/html.*login page"):
+            writer.write(RunBatch(RUN, [("loss", 1.0, 1, 0)]))
+    finally:
+        server.shutdown()
+        server.server_close()

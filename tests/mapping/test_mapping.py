@@ -251,3 +251,63 @@ def test_params_and_metadata_are_sent_when_they_change(tmp_path) -> None:
     assert second.tags == {"metric.acc.dataset": "test"}
     assert [(k, v, s) for k, v, _, s in second.metrics] == [("acc", 0.95, 2)]
     provider.shutdown()
+
+
+def test_wall_times_no_timestamp_holds_land_at_zero_and_alone(tmp_path, caplog) -> None:
+    reader = InMemoryMetricReader()
+    provider = meter_provider([reader], Resource.create({"service.name": "train"}))
+    instrumentor = TensorBoardInstrumentor()
+    instrumentor.instrument(meter_provider=provider)
+    try:
+        writer = tensorboardX.SummaryWriter(str(tmp_path / "train"))
+        for step, walltime in enumerate([1000.0, math.nan, -100.0, 1e20, math.inf, 1001.0]):
+            writer.add_scalar("loss", float(step), step, walltime=walltime)
+        writer.close()
+        data = reader.get_metrics_data()
+    finally:
+        instrumentor.uninstrument()
+        provider.shutdown()
+    (batch,) = Mapper().from_sdk(data)
+    assert [(step, ms) for _key, _value, ms, step in batch.metrics] == [
+        (0, 1_000_000),
+        (1, 0),
+        (2, 0),
+        (3, 0),
+        (4, 0),
+        (5, 1_001_000),
+    ]
+    encode_metrics(data)  # OTLP's fixed64 takes every exemplar time
+    assert sum("no timestamp can hold" in r.getMessage() for r in caplog.records) == 1  # once per tag
+
+
+def test_a_rank_that_is_not_an_integer_stays_a_tag() -> None:
+    key = run_key({"service.instance.id": "abc", "service.name": "train", "distributed.rank": "worker-a"})
+    assert key.rank is None and key.run_name == "train"
+    assert dict(key.tags)["distributed.rank"] == "worker-a"
+
+
+def test_a_step_that_is_not_an_integer_drops_that_point_alone(caplog) -> None:
+    resource = {"service.instance.id": "abc"}
+    exemplars = [(1.0, 10**15, {"tensorboard.step": 1}), (2.0, 10**15, {"tensorboard.step": "x"}), (3.0, 10**15, {})]
+    (batch,) = Mapper().map([(resource, "tensorboard.scalar", {"tensorboard.tag": "loss"}, 3.0, exemplars)])
+    assert [(value, step) for _key, value, _ms, step in batch.metrics] == [(1.0, 1), (3.0, 0)]
+    assert sum("not an integer" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_capture_goes_on_after_a_bad_point_was_queued_at_uninstrument(tmp_path) -> None:
+    reader = InMemoryMetricReader()
+    provider = meter_provider([reader])
+    instrumentor = TensorBoardInstrumentor()
+    writer = tensorboardX.SummaryWriter(str(tmp_path / "train"), write_to_disk=False)
+    try:
+        instrumentor.instrument(meter_provider=provider)
+        writer.add_scalar("loss", math.nan, 0, walltime=math.nan)
+        instrumentor.uninstrument()
+        instrumentor.instrument(meter_provider=provider)
+        writer.add_scalar("loss", 1.0, 1, walltime=1000.0)
+        data = reader.get_metrics_data()
+    finally:
+        instrumentor.uninstrument()
+        provider.shutdown()
+    (batch,) = Mapper().from_sdk(data)
+    assert [(step, ms) for _key, _value, ms, step in batch.metrics] == [(0, 0), (1, 1_000_000)]

@@ -39,15 +39,17 @@ def test_unknown_backend_in_the_environment_names_the_valid_ones(
 def test_precedence_explicit_over_overrides_over_config_over_settings_over_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRACELET_PROJECT", "from-env")
     monkeypatch.setenv("TRACELET_EXP_NAME", "from-env")
-    monkeypatch.setenv("TRACELET_TRACKING_URI", "from-env")
+    monkeypatch.setenv("TRACELET_TRACKING_URI", "sqlite:///from-env.db")
     monkeypatch.setenv("TRACELET_EXPORT_INTERVAL", "7")
-    settings = TraceletSettings(project="from-settings", exp_name="from-settings", tracking_uri="from-settings")
+    settings = TraceletSettings(
+        project="from-settings", exp_name="from-settings", tracking_uri="sqlite:///from-settings.db"
+    )
     config = {"project": "from-config", "exp_name": "from-config"}
     overrides = {"exp_name": "from-overrides"}
     resolved = resolve(settings, config, overrides, {"backend": "console"})
     assert resolved.exp_name == "from-overrides"
     assert resolved.project == "from-config"
-    assert resolved.tracking_uri == "from-settings"
+    assert resolved.tracking_uri == "sqlite:///from-settings.db"
     assert resolved.export_interval == 7  # the settings object read it from the environment when it was made
     assert resolved.backend == ["console"]
     assert resolve(None, {"exp_name": "x"}).project == "from-env"
@@ -78,3 +80,17 @@ def test_out_of_range_values_are_named() -> None:
         resolve(None, {"export_interval": 0})
     with pytest.raises(ValueError, match="prometheus_port"):
         resolve(None, {"prometheus_port": 70000})
+
+
+def test_a_bad_tracking_uri_is_refused_before_the_running_experiment_is_stopped(tmp_path, monkeypatch) -> None:
+    import tracelet  # noqa: PLC0415
+
+    monkeypatch.chdir(tmp_path)
+    running = tracelet.start_logging(exp_name="keeps-running", backend="console", export_interval=60)
+    try:
+        with pytest.raises(ValueError, match="tracking_uri: tracking_uri 'not a uri' is a file store"):
+            tracelet.start_logging(exp_name="refused", backend="mlflow", tracking_uri="not a uri")
+        assert tracelet.get_active_experiment() is running
+        assert running.is_running
+    finally:
+        tracelet.stop_logging()

@@ -241,7 +241,16 @@ class _Rest:
             raise MlflowUnavailable(f"cannot connect: {_root_cause(exc)}") from None
         status = response.status_code
         if status < 300:
-            return response.json() if response.content else {}
+            if not response.content:
+                return {}
+            try:
+                return response.json()
+            except ValueError:  # a login page or a proxy answering 200 in front of MLflow
+                kind = response.headers.get("Content-Type", "no content type")
+                raise MlflowUnavailable(
+                    f"HTTP {status} from {public_uri(url)} is not an MLflow answer ({kind}: "
+                    f"{response.text[:80]!r}); is a login page or a proxy in front of the tracking server?"
+                ) from None
         if status in (401, 403):
             given = "no credentials were sent" if not self._authenticated else "the credentials sent were refused"
             raise MlflowCredentialsRefused(f"HTTP {status} from {public_uri(url)}: {given}; {CREDENTIALS_HELP}")

@@ -156,8 +156,7 @@ def run_key(resource: Mapping[str, Any], default_experiment: str | None = None) 
     if not name:
         service = str(resource.get(SERVICE_NAME) or "")
         name = None if not service or service.startswith("unknown_service") else service
-    rank = resource.get(RANK)
-    rank = int(rank) if rank not in (None, "") else None
+    rank = _integer(resource.get(RANK))  # one that is not an integer stays a tag only
     if name and rank:
         name = f"{name}-rank{rank}"
     tags = {INSTANCE_ID: instance}
@@ -264,7 +263,16 @@ class Mapper:
         for value, time_unix_nano, extra in exemplars:
             step = 0
             if extra:
-                step = int(extra.get(STEP, 0))
+                try:
+                    step = int(extra.get(STEP, 0))
+                except (TypeError, ValueError):  # from another producer: this point alone is refused
+                    self.report(
+                        f"step:{key}",
+                        "metric %r: a point with step %r (not an integer) is dropped; the other points land",
+                        key,
+                        extra.get(STEP),
+                    )
+                    continue
                 if len(extra) > (STEP in extra):
                     self._metadata(batch, key, extra)
             append((key, float(value), time_unix_nano // 1_000_000, step))

@@ -410,8 +410,8 @@ class Sender:
         if not unsaved:
             with self._cond:
                 self._journal.discard()  # everything in it is in MLflow or in a segment
-        if left or on_disk:
-            waiting = points(left) + sum(_count(path) for path in on_disk)
+        if (left and not unsaved) or on_disk:  # unsaved points had their own message above
+            waiting = (0 if unsaved else points(left)) + sum(_count(path) for path in on_disk)
             runs = sorted(
                 {e.run.run_name or e.run.instance_id for e in left}
                 | {s.run.run_name or s.run.instance_id for s in statuses}

@@ -165,13 +165,18 @@ class Spool:
         self._seq += 1
         path = self.directory / f"{self.prefix}-{self._seq:06d}{SUFFIX}"
         temporary = path.with_suffix(".tmp")
-        with open(temporary, "w", encoding="utf-8") as file:
-            file.write(json.dumps(self.header) + "\n")
-            for entry in entries:
-                file.write(encode(entry) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
+        try:
+            with open(temporary, "w", encoding="utf-8") as file:
+                file.write(json.dumps(self.header) + "\n")
+                for entry in entries:
+                    file.write(encode(entry) + "\n")
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except OSError:
+            with suppress(OSError):
+                temporary.unlink()  # a full disk keeps no partial segment
+            raise
         _fsync_dir(self.directory)
         return path
 

@@ -240,7 +240,10 @@ class TensorBoardInstrumentor(BaseInstrumentor):
         recorder = TensorBoardInstrumentor._recorder
         TensorBoardInstrumentor._recorder = None
         if recorder is not None:
-            recorder.drain()
+            try:
+                recorder.drain()
+            except Exception:  # the methods are restored already; a later instrument() must find it so
+                _logger.exception("tensorboard: could not hand the last points to OpenTelemetry")
 
 
 def _record_failed(exc: Exception) -> None:

@@ -53,15 +53,19 @@ Point = tuple[float, "int | None", float, str, "str | None", "Mapping[str, Any] 
 _BLOCK = "opentelemetry.instrumentation.tensorboard.points"
 
 
+MAX_WALLTIME = 9_223_372_036.0  # seconds: the last wall time OTLP's and MLflow's int64 nanoseconds hold (2262)
+
+
 def nanoseconds(seconds: float) -> int:
     """TensorBoard's float wall time as integer nanoseconds, floored, so that ``// 10**6`` floors to the ms.
 
     ``int(s * 1e9)`` is off by ~100 ns and rounding to the microsecond moves about one point in
     2,000 into the next millisecond. Splitting off the whole seconds is exact (the fraction of a
     double is exact), and the fraction's product with 1e9 errs far less than its distance to the
-    next integer. A wall time that is not a finite number maps to 0.
+    next integer. A wall time no timestamp can hold (NaN, infinite, negative, past 2262: all
+    accepted by TensorBoard) maps to 0, 1970-01-01; :func:`exemplar_fields` reports it once per tag.
     """
-    if not math.isfinite(seconds):
+    if not 0.0 <= seconds < MAX_WALLTIME:  # NaN fails this too
         return 0
     whole = math.floor(seconds)
     return whole * 1_000_000_000 + math.floor((seconds - whole) * 1e9)
@@ -110,11 +114,19 @@ class ScalarBlock(Sequence[Exemplar]):
 
 def exemplar_fields(point: Point) -> tuple[float, int, dict[str, Any]]:
     """A block point as an exemplar's value, ``time_unix_nano`` and ``filtered_attributes``."""
-    value, step, walltime, _tag, _log_dir, extra = point
+    value, step, walltime, tag, _log_dir, extra = point
     attributes: dict[str, Any] = {} if step is None else {STEP: step}
     if extra:
         attributes.update(extra)
-    return value, nanoseconds(walltime), attributes
+    time_unix_nano = nanoseconds(walltime)
+    if not time_unix_nano and walltime != 0:
+        warn_once(
+            f"walltime:{tag}",
+            "tensorboard: %r has the wall time %r, which no timestamp can hold; it is recorded at 0 (1970-01-01)",
+            tag,
+            walltime,
+        )
+    return value, time_unix_nano, attributes
 
 
 def _exemplar(point: Point) -> Exemplar:
