@@ -186,7 +186,8 @@ FORKED = textwrap.dedent(
 
 def test_a_forked_child_neither_exports_nor_holds_up_the_helper(mlflow_env, tmp_path: Path) -> None:
     experiment, env = _script(tmp_path, FORKED, "forked", mlflow_env.uri)
-    _train(tmp_path, env)
+    done = _train(tmp_path, env)
+    assert done.stderr.count("points recorded in forked child process") == 1, done.stderr[-3000:]
     mlflow = Mlflow(mlflow_env.uri)
     run = mlflow.only_run(experiment)
     assert run["info"]["status"] == "FINISHED"
@@ -274,5 +275,54 @@ def test_sigkill_of_the_whole_job_loses_nothing_that_reached_the_journal(
         if recovery == "next start":
             assert runs["next"]["info"]["status"] == "FINISHED"
             assert not list(spool.glob("*.jsonl"))
+    finally:
+        server.stop()
+
+
+def test_sigterm_with_mlflow_down_spools_everything_within_the_grace_period(tmp_path: Path) -> None:
+    """Kubernetes and Slurm: SIGTERM, a grace period, then SIGKILL. Nothing may wait for a dead MLflow."""
+    server = MlflowServer(tmp_path / "server")  # down
+    try:
+        experiment, env = _script(tmp_path, KILLED, "sigterm-down", server.uri)
+        spool = Path(env["TRACELET_SPOOL_DIR"])
+        process = subprocess.Popen(
+            [PYTHON, "train.py"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        assert process.stdout is not None
+        pid = int(process.stdout.readline())
+        wait_for(lambda: _journaled(spool) == 300, what="the points in the helper")
+        (helper,) = _children(pid)
+        began = time.monotonic()
+        os.kill(pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)  # the grace period Kubernetes gives by default
+            graceful = True
+        except subprocess.TimeoutExpired:
+            graceful = False
+            os.kill(pid, signal.SIGKILL)
+            os.kill(helper, signal.SIGKILL)
+            process.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while not _gone(helper) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        print(f"SIGTERM with MLflow down: exited in {time.monotonic() - began:.2f} s (graceful={graceful})")
+        _out, errors = process.communicate(timeout=30)
+        assert graceful, "the job outlived the grace period"
+        assert "Traceback" not in errors
+        assert "tracelet upload --spool-dir" in errors  # the message says where the points are
+        server.start()
+        done = subprocess.run(
+            [str(Path(PYTHON).with_name("tracelet")), "upload", "--spool-dir", str(spool)],
+            env={**env, "MLFLOW_TRACKING_URI": server.uri},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        mlflow = Mlflow(server.uri)
+        run = mlflow.only_run(experiment)
+        assert run["info"]["status"] == "KILLED"
+        assert [row[0] for row in mlflow.history(run["info"]["run_id"], "train/loss")] == list(range(300))
+        assert not list(spool.glob("*.jsonl"))
     finally:
         server.stop()

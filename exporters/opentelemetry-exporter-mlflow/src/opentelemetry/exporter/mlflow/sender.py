@@ -196,10 +196,13 @@ class Sender:
     def _pending_locked(self) -> bool:
         return bool(self._inflight is not None or self._loaded is not None or self._segments or self._memory)
 
-    def _wait_idle(self, deadline: float) -> bool:
+    def _wait_idle(self, deadline: float, failures: int | None = None) -> bool:
+        """Waits until nothing is pending; ``False`` at ``deadline``, or after ``failures`` failed attempts in a row."""
         with self._cond:
             while self._pending_locked():
                 if self._thread is None or not self._thread.is_alive():
+                    return False
+                if failures is not None and self._failures >= failures:
                     return False
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -370,7 +373,8 @@ class Sender:
         self._closed = True
         self._wake.set()
         # While MLflow is known to be down, waiting only delays the spool: save at once.
-        drained: bool | None = None if self.unavailable else self._wait_idle(deadline)
+        # Two failed attempts in a row during shutdown (about a second) count as down too.
+        drained: bool | None = None if self.unavailable else self._wait_idle(deadline, failures=2)
         end_ms = int(time.time() * 1000)
         with self._cond:
             self._stopping = True

@@ -195,6 +195,7 @@ class Recorder:
         self.writer_names = WriterNames()
         self._wake = threading.Event()
         self._drainer: threading.Thread | None = None
+        self._parent = os.getpid()
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._after_fork)
 
@@ -291,12 +292,31 @@ class Recorder:
         return [Observation(self._captured)]
 
     def _after_fork(self) -> None:
-        # A forked child (e.g. a DataLoader worker) must not send the parent's points a second time.
-        self._pending = deque()
+        # A forked child (e.g. a DataLoader worker) must not send the parent's points a second time,
+        # and its own points have no exporter: it says so at its first point.
+        self._pending = _ForkedQueue(self._parent)
         self._drain_lock = threading.Lock()
         self._captured = 0
         self._wake = threading.Event()
         self._drainer = None  # threads do not survive a fork
+
+
+class _ForkedQueue(deque):
+    """The queue of a forked child's recorder: reports, at the first point, that nothing exports it."""
+
+    def __init__(self, parent: int) -> None:
+        super().__init__()
+        self._parent = parent
+
+    def append(self, point: Point) -> None:
+        warn_once(
+            "forked",
+            "tensorboard: points recorded in forked child process %d (a DataLoader worker?) are not exported: "
+            "the exporter belongs to process %d. Log from the parent, or call tracelet.start_logging in the child",
+            os.getpid(),
+            self._parent,
+        )
+        super().append(point)
 
 
 def scalar_value(value: Any) -> float:

@@ -416,6 +416,7 @@ def main() -> None:
         while True:
             message = _read(inbox)
             if message is None:  # the parent is gone without a word: killed
+                channel.open = False
                 break
             if message[0] == "export":
                 try:
@@ -426,6 +427,8 @@ def main() -> None:
                 threading.Thread(target=_flush, args=(exporter, channel, *message[1:]), daemon=True).start()
             elif message[0] == "close":
                 status, timeout = message[1], message[2]
+                if status == lifecycle.KILLED:  # the parent is leaving without reading: speak for ourselves
+                    channel.open = False
                 break
     except _Terminated:
         status, timeout = lifecycle.KILLED, 1.0
