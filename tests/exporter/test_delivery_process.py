@@ -80,6 +80,29 @@ def _script(tmp_path: Path, text: str, prefix: str, uri: str, **extra: str) -> t
     return experiment, env
 
 
+def _start_victim(tmp_path: Path, prefix: str, uri: str) -> tuple[str, dict[str, str], subprocess.Popen[str], int]:
+    """Starts the ``KILLED`` script; returns its experiment, environment, process and pid once it has logged."""
+    experiment, env = _script(tmp_path, KILLED, prefix, uri)
+    process = subprocess.Popen(
+        [PYTHON, "train.py"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    return experiment, env, process, int(process.stdout.readline())
+
+
+def _upload(spool: Path, env: dict[str, str], uri: str) -> str:
+    """``tracelet upload`` of ``spool`` into ``uri``, as a user runs it; returns what it printed."""
+    done = subprocess.run(
+        [str(Path(PYTHON).with_name("tracelet")), "upload", "--spool-dir", str(spool)],
+        env={**env, "MLFLOW_TRACKING_URI": uri},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
 def _train(tmp_path: Path, env: dict[str, str], *command: str) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
         [*command, PYTHON, "train.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
@@ -131,12 +154,7 @@ def test_start_logging_imports_no_mlflow(mlflow_env, tmp_path: Path) -> None:
 
 def test_sigkill_of_the_training_process_ends_its_run_killed(mlflow_env, tmp_path: Path) -> None:
     """What reached the helper before the kill is delivered, the run ends KILLED, and the helper exits."""
-    experiment, env = _script(tmp_path, KILLED, "sigkill", mlflow_env.uri)
-    process = subprocess.Popen(
-        [PYTHON, "train.py"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    assert process.stdout is not None
-    pid = int(process.stdout.readline())
+    experiment, _env, process, pid = _start_victim(tmp_path, "sigkill", mlflow_env.uri)
     mlflow = Mlflow(mlflow_env.uri)
 
     def delivered() -> int:
@@ -234,13 +252,8 @@ def test_sigkill_of_the_whole_job_loses_nothing_that_reached_the_journal(
     if mlflow_state == "up":
         server.start()
     try:
-        experiment, env = _script(tmp_path, KILLED, "whole-job", server.uri)
+        experiment, env, process, pid = _start_victim(tmp_path, "whole-job", server.uri)
         spool = Path(env["TRACELET_SPOOL_DIR"])
-        process = subprocess.Popen(
-            [PYTHON, "train.py"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        assert process.stdout is not None
-        pid = int(process.stdout.readline())
         mlflow = Mlflow(server.uri)
         if mlflow_state == "down":
             wait_for(lambda: _journaled(spool) == 300, what="the 300 points in the journal")
@@ -259,15 +272,7 @@ def test_sigkill_of_the_whole_job_loses_nothing_that_reached_the_journal(
             (tmp_path / "train.py").write_text(NEXT_JOB)
             _train(tmp_path, env)  # its exporter sends what the killed job left before it exits
         else:
-            done = subprocess.run(
-                [str(Path(PYTHON).with_name("tracelet")), "upload", "--spool-dir", str(spool)],
-                env={**env, "MLFLOW_TRACKING_URI": server.uri},
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            assert done.returncode == 0, done.stdout + done.stderr
-            assert "ended 1 run(s) of killed processes as KILLED" in done.stdout
+            assert "ended 1 run(s) of killed processes as KILLED" in _upload(spool, env, server.uri)
         runs = {run["info"]["run_name"]: run for run in mlflow.runs(experiment)}
         victim = runs["victim"]
         assert victim["info"]["status"] == "KILLED"
@@ -283,13 +288,8 @@ def test_sigterm_with_mlflow_down_spools_everything_within_the_grace_period(tmp_
     """Kubernetes and Slurm: SIGTERM, a grace period, then SIGKILL. Nothing may wait for a dead MLflow."""
     server = MlflowServer(tmp_path / "server")  # down
     try:
-        experiment, env = _script(tmp_path, KILLED, "sigterm-down", server.uri)
+        experiment, env, process, pid = _start_victim(tmp_path, "sigterm-down", server.uri)
         spool = Path(env["TRACELET_SPOOL_DIR"])
-        process = subprocess.Popen(
-            [PYTHON, "train.py"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        assert process.stdout is not None
-        pid = int(process.stdout.readline())
         wait_for(lambda: _journaled(spool) == 300, what="the points in the helper")
         (helper,) = _children(pid)
         began = time.monotonic()
@@ -311,14 +311,7 @@ def test_sigterm_with_mlflow_down_spools_everything_within_the_grace_period(tmp_
         assert "Traceback" not in errors
         assert "tracelet upload --spool-dir" in errors  # the message says where the points are
         server.start()
-        done = subprocess.run(
-            [str(Path(PYTHON).with_name("tracelet")), "upload", "--spool-dir", str(spool)],
-            env={**env, "MLFLOW_TRACKING_URI": server.uri},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
+        _upload(spool, env, server.uri)
         mlflow = Mlflow(server.uri)
         run = mlflow.only_run(experiment)
         assert run["info"]["status"] == "KILLED"

@@ -88,10 +88,9 @@ class FaultyProxy:
         self.server.server_close()
 
 
-def test_503_429_and_timeouts_from_the_server_lose_and_duplicate_nothing(mlflow_server, tmp_path: Path, caplog) -> None:
-    experiment = unique("proxy")
-    proxy = FaultyProxy(mlflow_server.uri, stall_seconds=2.0)
-    exporter = MlflowMetricExporter(
+def _through(proxy: FaultyProxy, experiment: str, tmp_path: Path) -> MlflowMetricExporter:
+    """An exporter to MLflow through ``proxy``: 1 s request timeout, 20 s for shutdown."""
+    return MlflowMetricExporter(
         proxy.uri,
         experiment_name=experiment,
         spool_dir=tmp_path / "spool",
@@ -99,6 +98,12 @@ def test_503_429_and_timeouts_from_the_server_lose_and_duplicate_nothing(mlflow_
         export_timeout=20,
         handle_process_exit=False,
     )
+
+
+def test_503_429_and_timeouts_from_the_server_lose_and_duplicate_nothing(mlflow_server, tmp_path: Path, caplog) -> None:
+    experiment = unique("proxy")
+    proxy = FaultyProxy(mlflow_server.uri, stall_seconds=2.0)
+    exporter = _through(proxy, experiment, tmp_path)
     provider = provider_for(exporter, "proxy", interval_ms=300)
     try:
         with caplog.at_level(logging.INFO), instrumented(provider):
@@ -132,14 +137,7 @@ def test_a_run_create_that_times_out_but_happened_leaves_one_run(mlflow_server, 
     proxy = FaultyProxy(mlflow_server.uri, stall_seconds=2.5)
     proxy.mode = "stall-create"
     name = 'it\'s "quoted"'  # both quote characters: no MLflow filter can name it
-    exporter = MlflowMetricExporter(
-        proxy.uri,
-        experiment_name=experiment,
-        spool_dir=tmp_path / "spool",
-        request_timeout=1.0,
-        export_timeout=20,
-        handle_process_exit=False,
-    )
+    exporter = _through(proxy, experiment, tmp_path)
     provider = meter_provider(
         [PeriodicExportingMetricReader(exporter, export_interval_millis=300)],
         resource=Resource.create({"service.name": "slow-create", "mlflow.run.name": name}),
