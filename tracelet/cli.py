@@ -8,24 +8,20 @@ import sys
 from pathlib import Path
 
 
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is between 0 and 65535, got {port}")
-    return port
+def _whole(low: int, high: int | None = None):
+    """An argparse type: a whole number from ``low`` to ``high``, refused in one line otherwise."""
 
+    def parse(text: str) -> int:
+        try:
+            number = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if number < low or (high is not None and number > high):
+            span = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {span}, got {number}")
+        return number
 
-def _positive(text: str) -> int:
-    try:
-        number = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {number}")
-    return number
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,13 +46,13 @@ def _main(argv: list[str] | None) -> int:
 
     receive = commands.add_parser("receive", help="OTLP/HTTP receiver that writes metrics into MLflow")
     receive.add_argument("--host", default="127.0.0.1")
-    receive.add_argument("--port", type=_port, default=4319)
+    receive.add_argument("--port", type=_whole(0, 65535), default=4319)
     receive.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
     receive.add_argument("--experiment", default=None, help="experiment for points whose resource names none")
     receive.add_argument(
         "--token", default=None, help="require 'Authorization: Bearer TOKEN' (or TRACELET_RECEIVER_TOKEN)"
     )
-    receive.add_argument("--max-body", type=_positive, default=32 * 1024 * 1024, help="largest request body in bytes")
+    receive.add_argument("--max-body", type=_whole(1), default=32 * 1024 * 1024, help="largest request body in bytes")
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

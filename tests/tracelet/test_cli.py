@@ -30,8 +30,8 @@ def _tracelet(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (["receive", "--port", "99999"], "a port is between 0 and 65535"),
-        (["receive", "--max-body", "0"], "must be above 0"),
+        (["receive", "--port", "99999"], "must be between 0 and 65535"),
+        (["receive", "--max-body", "0"], "must be at least 1"),
         (["receive", "--port", "0", "--tracking-uri", "not a uri"], "tracelet: error:"),
     ],
 )

@@ -312,7 +312,7 @@ class _ForkedQueue(deque):
         warn_once(
             "forked",
             "tensorboard: points recorded in forked child process %d (a DataLoader worker?) are not exported: "
-            "the exporter belongs to process %d. Log from the parent, or call tracelet.start_logging in the child",
+            "the exporter belongs to process %d, so log them from there",
             os.getpid(),
             self._parent,
         )
