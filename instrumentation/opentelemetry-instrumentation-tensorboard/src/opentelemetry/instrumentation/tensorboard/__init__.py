@@ -273,7 +273,11 @@ def _wrap_add_scalar(recorder: Recorder):
             return wrapped(*args, **kwargs)
         result, events = _call_capturing(wrapped, args, kwargs)
         try:
-            tag, value, global_step, walltime = _scalar_args(*args, **kwargs)
+            if not kwargs and len(args) == 3:  # add_scalar(tag, value, step): the training loop's form
+                tag, value, global_step = args
+                walltime = None
+            else:
+                tag, value, global_step, walltime = _scalar_args(*args, **kwargs)
             if events:
                 tag, step, walltime = _as_written(events[-1], global_step)
             else:  # a writer that writes nothing (tensorboardX's write_to_disk=False)
