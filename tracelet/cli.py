@@ -1,4 +1,4 @@
-"""The ``tracelet`` command: send a spool left by an offline run, or receive OTLP for MLflow."""
+"""The ``tracelet`` command: send a spool left by an offline run, receive OTLP for MLflow, import TensorBoard logs."""
 
 from __future__ import annotations
 
@@ -54,8 +54,25 @@ def _main(argv: list[str] | None) -> int:
     )
     receive.add_argument("--max-body", type=_whole(1), default=32 * 1024 * 1024, help="largest request body in bytes")
 
+    imports = commands.add_parser(
+        "import",
+        help="import TensorBoard log directories into MLflow runs (only the points they lack)",
+        description="Every scalar and hparam of the TensorBoard runs under LOGDIR, one MLflow run per log dir; "
+        "points a run already holds are not sent again.",
+    )
+    imports.add_argument("logdirs", nargs="+", metavar="LOGDIR", help="a TensorBoard log directory (searched below)")
+    imports.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
+    imports.add_argument("--experiment", default=None, help="MLflow experiment (default: MLFLOW_EXPERIMENT_NAME)")
+    imports.add_argument(
+        "--otlp", default=None, metavar="URL", help="send to this OTLP/HTTP endpoint instead of MLflow"
+    )
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "import":
+        from tracelet.tensorboard_import import run_import  # noqa: PLC0415
+
+        return run_import(args.logdirs, args.tracking_uri, args.experiment, args.otlp)
     if args.command == "upload":
         from opentelemetry.exporter.mlflow.spool import upload_spool  # noqa: PLC0415
 

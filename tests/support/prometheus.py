@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,7 @@ class Prometheus(Service):
         honor_labels: bool = True,
         job_name: str = "otel-collector",
         extra_args: Sequence[str] = (),
+        rule_files: Sequence[Path] = (),
     ) -> None:
         self.binary = Path(binary) if binary is not None else prometheus_binary()
         self.workdir = Path(workdir)
@@ -80,6 +83,7 @@ class Prometheus(Service):
         self.honor_labels = honor_labels
         self.job_name = job_name
         self.extra_args = list(extra_args)
+        self.rule_files = [Path(path).resolve() for path in rule_files]  # evaluated every scrape_interval
         self.port = free_port()
         self.listen_address = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.listen_address}"
@@ -102,6 +106,8 @@ class Prometheus(Service):
                 }
             ],
         }
+        if self.rule_files:
+            config["rule_files"] = [str(path) for path in self.rule_files]
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps(config, indent=2) + "\n")
         return self.config_path
@@ -169,6 +175,15 @@ class Prometheus(Service):
         if body.get("status") != "success":
             raise PrometheusError(f"{path}: {body.get('errorType')}: {body.get('error')}")
         return body["data"]
+
+    def last_evaluations(self) -> list[float]:
+        """When each rule group was last evaluated (unix seconds; 0 before its first evaluation)."""
+        stamps = []
+        for group in self._api("rules", {})["groups"]:
+            # RFC 3339 with nanoseconds; Python's parser takes microseconds.
+            text = re.sub(r"(\.\d{6})\d*", r"\1", group["lastEvaluation"]).replace("Z", "+00:00")
+            stamps.append(max(datetime.fromisoformat(text).timestamp(), 0.0))
+        return stamps
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         """Instant query; returns the ``result`` list (each item has ``metric`` and ``value``)."""

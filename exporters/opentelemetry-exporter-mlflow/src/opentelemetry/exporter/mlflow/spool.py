@@ -348,8 +348,18 @@ def _progress() -> Any:
     return Progress(transient=True)
 
 
-def _deliver(writer: MlflowWriter, entry: Entry, experiment_id: str | None, retry_for: float) -> None:
-    """One entry, retried while MLflow is unavailable for at most ``retry_for`` seconds."""
+def deliver(
+    writer: MlflowWriter,
+    entry: Entry,
+    experiment_id: str | None,
+    retry_for: float,
+    command: str = "tracelet upload",
+) -> None:
+    """One entry, retried while MLflow is unavailable for at most ``retry_for`` seconds.
+
+    The retry of the commands that send synchronously (``tracelet upload``, ``tracelet import``),
+    which name themselves in the one line they print when MLflow does not answer.
+    """
     deadline = time.monotonic() + retry_for
     delay = 0.5
     while True:
@@ -365,7 +375,7 @@ def _deliver(writer: MlflowWriter, entry: Entry, experiment_id: str | None, retr
             if time.monotonic() + delay > deadline:
                 raise
             if delay == 0.5:
-                print(f"tracelet upload: MLflow is unavailable ({exc}); retrying for up to {retry_for:g} s", flush=True)
+                print(f"{command}: MLflow is unavailable ({exc}); retrying for up to {retry_for:g} s", flush=True)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -450,7 +460,7 @@ def upload_spool(
                     statuses = _killed(entries, int(path.stat().st_mtime * 1000))
             try:
                 for entry in [*entries, *statuses]:
-                    _deliver(writer, entry, header.get("experiment_id"), retry_for)
+                    deliver(writer, entry, header.get("experiment_id"), retry_for)
             except MlflowCredentialsRefused as exc:
                 refused = f"MLflow at {public_uri(uri)} refused the credentials ({exc}); {path.name} and later kept"
                 problems.append(refused)
