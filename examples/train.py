@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 import tracelet
-from opentelemetry.exporter.mlflow.delivery import public_uri
+from opentelemetry.exporter.mlflow.delivery import MlflowWriter, public_uri
 
 
 def xor_points(count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,9 +86,23 @@ def main(argv: list[str] | None = None) -> int:
         mlflow = Path(sys.executable).with_name("mlflow")
         command = "mlflow" if shutil.which("mlflow") == str(mlflow) else str(mlflow)
         print(f"look at it with: {command} ui --backend-store-uri {uri}")
+        print(f"then open {runs_page('http://127.0.0.1:5000', uri, exp.project)}")
     elif uri:
-        print(f"look at it in the MLflow UI at {public_uri(uri)}")
+        print(f"look at it in the MLflow UI at {runs_page(public_uri(uri), uri, exp.project)}")
     return 0
+
+
+def runs_page(ui: str, tracking_uri: str, experiment: str | None) -> str:
+    """The experiment's page in MLflow's UI, on its training runs.
+
+    MLflow 3's UI opens an experiment on the view its sidebar switch (GenAI / Model training)
+    is set to in this browser, GenAI until switched; ``workflowType=machine_learning`` opens it
+    on its runs whatever the switch says.
+    """
+    experiment_id = MlflowWriter(tracking_uri).find_experiment(experiment) if experiment else None
+    if experiment_id is None:
+        return ui
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
 if __name__ == "__main__":

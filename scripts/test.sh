@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: Python packages, the pinned OpenTelemetry Collector
-# (built once and cached outside the repository), Debian's Prometheus, then lint and pytest.
+# (built once and cached outside the repository), Debian's Prometheus and Chromium (the test
+# that looks at runs in MLflow's web UI), then lint and pytest.
 # Every server the tests use (mlflow server, collector, Prometheus, tracelet's receiver) is
 # started by the tests themselves on 127.0.0.1 and stopped by its PID.
 set -euo pipefail
@@ -9,6 +10,7 @@ cd "$root"
 python="$(scripts/setup.sh | tail -n 1)"
 scripts/build-collector.sh >/dev/null
 scripts/install-prometheus.sh >/dev/null
+scripts/install-chromium.sh >/dev/null
 bin="$(dirname "$python")"
 "$bin/ruff" check .
 "$bin/ruff" format --check .

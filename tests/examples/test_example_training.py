@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import getpass
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from example_runs import EXAMPLES, ExampleRun, assert_same_points, clean_environment
 from mlflow.tracking import MlflowClient
+
+import tracelet
 
 
 def test_pytorch_lightning_integration(run_example: Callable[..., ExampleRun]) -> None:
@@ -53,7 +57,28 @@ def test_train_script_against_the_server(run_example: Callable[..., ExampleRun])
         assert_same_points(example.history(key), points)
     assert example.run.data.params == {name[2:].replace("-", "_"): value for name, value in arguments.items()}
     assert example.run.info.status == "FINISHED"
-    assert f"look at it in the MLflow UI at {example.client.tracking_uri}" in example.stdout
+    experiment = example.client.get_experiment(example.run.info.experiment_id)
+    link = f"{example.client.tracking_uri}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning"
+    assert f"look at it in the MLflow UI at {link}\n" in example.stdout
+
+
+def test_train_script_runs_carry_their_source_and_description(run_example: Callable[..., ExampleRun]) -> None:
+    """What MLflow's own client and autologging record, in the experiment tracelet created for them."""
+    experiment = f"train-source-{uuid.uuid4().hex[:8]}"
+    example = run_example("train", experiment, "--steps", "30", "--project", experiment)
+    tags = example.run.data.tags
+    assert tags["mlflow.source.name"] == str(EXAMPLES / "train.py")
+    assert tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.user"] == example.run.info.user_id == getpass.getuser()
+    assert tags["tracelet.version"] == tracelet.__version__
+    (log_dir,) = {directory for directory, _tag in example.tensorboard()}
+    assert tags["tensorboard.log_dir"].endswith(log_dir)
+    assert tags["mlflow.note.content"] == (
+        f"TensorBoard scalars of `train.py`, captured by tracelet {tracelet.__version__}.\n\n"
+        f"Log dirs: `{tags['tensorboard.log_dir']}`\n\nScript: `{EXAMPLES / 'train.py'}`"
+    )
+    kind = example.client.get_experiment(example.run.info.experiment_id).tags.get("mlflow.experimentKind")
+    assert kind == "custom_model_development"
 
 
 def test_train_script_defaults_to_the_local_sqlite_store(tmp_path: Path) -> None:
@@ -74,5 +99,7 @@ def test_train_script_defaults_to_the_local_sqlite_store(tmp_path: Path) -> None
     client = MlflowClient(tracking_uri=store)
     (run,) = client.search_runs([client.get_experiment_by_name("tracelet-examples").experiment_id])
     assert run.info.run_name == "train"
+    link = f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}?workflowType=machine_learning"
+    assert f"then open {link}\n" in completed.stdout
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 60
     assert run.info.status == "FINISHED"

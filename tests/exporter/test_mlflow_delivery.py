@@ -141,3 +141,26 @@ def test_runs_of_one_process_with_different_names_stay_apart(mlflow_server) -> N
     assert set(runs) == {"first", "second"}
     assert mlflow.history(runs["first"], "a") == [(0, 1.0, 1000), (1, 3.0, 1001)]
     assert mlflow.history(runs["second"], "a") == [(0, 2.0, 1000)]
+
+
+@pytest.mark.parametrize("store", ["server", "sqlite"])
+def test_experiments_it_creates_are_training_experiments_and_others_keep_their_kind(
+    store: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    uri = request.getfixturevalue("mlflow_server").uri if store == "server" else f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    created, genai, untagged = unique("created"), unique("genai"), unique("untagged")
+    client.create_experiment(genai, tags={"mlflow.experimentKind": "genai_development"})
+    client.create_experiment(untagged)
+    writer = MlflowWriter(uri)
+    for experiment in (created, genai, untagged):
+        run = run_key(experiment)
+        run = RunKey(run.instance_id, experiment, "run", tags=(*run.tags, ("mlflow.user", "me")))
+        writer.write(RunBatch(run, [("a", 1.0, 1000, 0)]))
+    kinds = {
+        name: client.get_experiment_by_name(name).tags.get("mlflow.experimentKind")
+        for name in (created, genai, untagged)
+    }
+    assert kinds == {created: "custom_model_development", genai: "genai_development", untagged: None}
+    (run,) = client.search_runs([client.get_experiment_by_name(created).experiment_id])
+    assert run.info.user_id == "me"

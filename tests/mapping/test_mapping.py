@@ -311,3 +311,59 @@ def test_capture_goes_on_after_a_bad_point_was_queued_at_uninstrument(tmp_path) 
         provider.shutdown()
     (batch,) = Mapper().from_sdk(data)
     assert [(step, ms) for _key, _value, ms, step in batch.metrics] == [(0, 0), (1, 1_000_000)]
+
+
+def _scalar(log_dir: str, writer: str | None, tag: str = "loss") -> tuple:
+    attributes = {"tensorboard.tag": tag, "tensorboard.log_dir": log_dir}
+    if writer is not None:
+        attributes["tensorboard.writer"] = writer
+    return "tensorboard.scalar", attributes, 1.0, [(1.0, 10**15, {"tensorboard.step": 1})]
+
+
+SOURCE = {
+    "service.instance.id": "abc",
+    "service.name": "train",
+    "mlflow.source.name": "/home/me/project/train.py",
+    "mlflow.user": "me",
+    "tracelet.version": "9.8.7",
+}
+
+
+def test_the_source_travels_on_the_resource_into_the_run_tags() -> None:
+    tags = dict(run_key(SOURCE).tags)
+    assert tags["mlflow.source.name"] == "/home/me/project/train.py"
+    assert tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.user"] == "me"
+    assert tags["tracelet.version"] == "9.8.7"
+    assert "mlflow.source.type" not in dict(run_key({"service.instance.id": "abc"}).tags)
+
+
+def test_the_description_names_script_version_and_log_dirs_and_grows_with_writers() -> None:
+    mapper = Mapper()
+    (first,) = mapper.map([(SOURCE, *_scalar("runs/exp/train", "train")), (SOURCE, *_scalar("runs/Dec01_host", ""))])
+    assert first.tags["mlflow.note.content"] == (
+        "TensorBoard scalars of `train.py`, captured by tracelet 9.8.7.\n\n"
+        "Log dirs: `runs/exp/train` (keys `train/...`), `runs/Dec01_host`\n\n"
+        "Script: `/home/me/project/train.py`"
+    )
+    (again,) = mapper.map([(SOURCE, *_scalar("runs/exp/train", "train"))])
+    assert "mlflow.note.content" not in again.tags  # unchanged: not sent again
+    (grown,) = mapper.map([(SOURCE, *_scalar("runs/exp/validation", "validation"))])
+    assert (
+        "Log dirs: `runs/exp/train` (keys `train/...`), `runs/Dec01_host`, "
+        "`runs/exp/validation` (keys `validation/...`)" in grown.tags["mlflow.note.content"]
+    )
+    mapper.forget(grown.run)  # a delivery that failed: the description goes again, whole
+    (resent,) = mapper.map([(SOURCE, *_scalar("runs/exp/train", "train"))])
+    assert resent.tags["mlflow.note.content"] == grown.tags["mlflow.note.content"]
+
+
+def test_a_description_the_script_sets_is_never_replaced() -> None:
+    mapper = Mapper()
+    own = ("mlflow.run.tag", {"mlflow.tag.name": "mlflow.note.content", "mlflow.tag.value": "mine"}, 1.0, [])
+    (batch,) = mapper.map([(SOURCE, *_scalar("runs/train", None)), (SOURCE, *own)])
+    assert batch.tags["mlflow.note.content"] == "mine"
+    mapper.forget(batch.run)
+    (later,) = mapper.map([(SOURCE, *_scalar("runs/validation", None))])
+    assert "mlflow.note.content" not in later.tags
+    assert later.tags["tensorboard.log_dir.validation"] == "runs/validation"

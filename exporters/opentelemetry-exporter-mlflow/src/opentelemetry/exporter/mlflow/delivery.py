@@ -33,6 +33,11 @@ MAX_PARAMS = 100
 MAX_TAGS = 100
 MAX_ENTITIES = 1000
 DEFAULT_EXPERIMENT_ID = "0"
+# What MLflow's UI reads to show an experiment as model training (its runs, metrics and charts)
+# rather than as a GenAI app (traces, latency, tokens); MLflow's own experiment-type selector
+# writes the same tag. Set only on experiments this writer creates: an existing one keeps its kind.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+TRAINING_EXPERIMENT = "custom_model_development"
 STATUSES = frozenset({"FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED"})
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -273,7 +278,8 @@ class _Rest:
         return found["experiment_id"], found.get("lifecycle_stage", "active") == "active"
 
     def create_experiment(self, name: str) -> str:
-        return self.call("POST", "experiments/create", json.dumps({"name": name}))["experiment_id"]
+        body = {"name": name, "tags": [{"key": EXPERIMENT_KIND, "value": TRAINING_EXPERIMENT}]}
+        return self.call("POST", "experiments/create", json.dumps(body))["experiment_id"]
 
     def run_info(self, run_id: str) -> tuple[str, str, str | None]:
         """Lifecycle stage, experiment id and name of a run."""
@@ -301,6 +307,8 @@ class _Rest:
         }
         if name:
             body["run_name"] = name
+        if tags.get("mlflow.user"):
+            body["user_id"] = tags["mlflow.user"]
         return self.call("POST", "runs/create", json.dumps(body))["run"]["info"]["run_id"]
 
     def update_run(self, run_id: str, status: str, end_ms: int) -> None:
@@ -332,7 +340,7 @@ class _Store:
 
     def __init__(self, uri: str) -> None:
         try:
-            from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType  # noqa: PLC0415 - 3 s
+            from mlflow.entities import ExperimentTag, Metric, Param, RunStatus, RunTag, ViewType  # noqa: PLC0415 - 3 s
             from mlflow.exceptions import MlflowException  # noqa: PLC0415
             from mlflow.tracking._tracking_service.utils import _get_store  # noqa: PLC0415
         except ImportError as exc:
@@ -341,6 +349,7 @@ class _Store:
                 "(pip install 'opentelemetry-exporter-mlflow[embedded]'), or use an http(s):// tracking server"
             ) from exc
         self._entities = (Metric, Param, RunTag)
+        self._experiment_tag = ExperimentTag
         self._active_only = ViewType.ACTIVE_ONLY
         self._status = RunStatus.from_string
         self._mlflow_exception = MlflowException
@@ -364,7 +373,9 @@ class _Store:
         return found.experiment_id, found.lifecycle_stage == "active"
 
     def create_experiment(self, name: str) -> str:
-        return self._guard(self.store.create_experiment, name)
+        return self._guard(
+            self.store.create_experiment, name, tags=[self._experiment_tag(EXPERIMENT_KIND, TRAINING_EXPERIMENT)]
+        )
 
     def run_info(self, run_id: str) -> tuple[str, str, str | None]:
         info = self._guard(self.store.get_run, run_id).info
@@ -476,7 +487,9 @@ class MlflowWriter:
     The run is resolved once per :class:`RunKey` and cached: an existing run id (``run.run_id``)
     is attached to; otherwise the experiment (``run.experiment_name``, else ``experiment_id``,
     else the default experiment) is searched for an active run tagged with the
-    ``service.instance.id``, else a run is created with the run name and tags of the key. A run
+    ``service.instance.id``, else a run is created with the run name and tags of the key. An
+    experiment named by the key that does not exist yet is created as a training experiment
+    (``mlflow.experimentKind`` = ``custom_model_development``); existing ones are left as they are. A run
     deleted meanwhile is replaced by a new one (reported once). Rows go out in ``runs/log-batch``
     requests of at most 1,000 metrics, 100 params, 100 tags and 1,000 entities, in order. Thread-safe.
     """
@@ -555,6 +568,16 @@ class MlflowWriter:
                 return False
         self._transport.update_run(run_id, status, int(end_ms if end_ms is not None else time.time() * 1000))
         return True
+
+    def find_experiment(self, name: str) -> str | None:
+        """The id of the active experiment ``name``, ``None`` if MLflow has none; never creates one."""
+        try:
+            found, active = self._transport.experiment(name)
+        except MlflowRejected as exc:
+            if exc.code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+        return found if active else None
 
     def close(self) -> None:
         self._transport.close()

@@ -15,14 +15,11 @@ nor ``import mlflow``, happens in the training process.
 from __future__ import annotations
 
 import atexit
-import getpass
 import importlib.util
 import logging
 import os
-import sys
 import uuid
 import weakref
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -44,7 +41,8 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 from opentelemetry.exporter.mlflow.delivery import check_tracking_uri, default_tracking_uri
-from opentelemetry.exporter.mlflow.mapping import Mapper
+from opentelemetry.exporter.mlflow.mapping import SOURCE_TYPE, Mapper
+from opentelemetry.exporter.mlflow.resource import source_attributes
 from opentelemetry.exporter.mlflow.sender import Sender
 from opentelemetry.exporter.mlflow.spool import default_spool_dir
 from opentelemetry.instrumentation.tensorboard import lifecycle
@@ -67,13 +65,11 @@ _DELTA = {
 
 
 def _source_tags() -> dict[str, str]:
-    """The tags MLflow's own client puts on a run it creates."""
-    tags = {"mlflow.source.type": "LOCAL"}
-    if sys.argv and sys.argv[0] not in ("", "-c", "-m"):
-        tags["mlflow.source.name"] = os.path.abspath(sys.argv[0])
-    with suppress(KeyError, OSError):
-        tags["mlflow.user"] = getpass.getuser()
-    return tags
+    """The tags MLflow's own client puts on a run it creates, for resources that do not carry them.
+
+    The export process runs with the training process's ``sys.argv``, so the source is the script.
+    """
+    return {SOURCE_TYPE: "LOCAL", **source_attributes()}
 
 
 class MlflowMetricExporter(MetricExporter):

@@ -12,7 +12,10 @@ Run (from resource attributes, so points arriving later through a collector land
       ``unknown_service``; ranks above 0 of a distributed job (``distributed.rank``) get their
       own run named ``<name>-rank<N>``, tagged ``distributed.rank``;
     - start time: ``mlflow.run.start_time`` (ms since the epoch: when the process started
-      tracking), else the earliest point's wall time.
+      tracking), else the earliest point's wall time;
+    - source, as MLflow's own client records it: ``mlflow.source.name`` (the script's path),
+      ``mlflow.user`` and ``tracelet.version`` become run tags of those names, with
+      ``mlflow.source.type`` = ``LOCAL`` where the script is known.
 
 Metric key (from ``tensorboard.scalar`` exemplars)
     - ``<writer>/<tag>``: ``<tag>`` is the tag TensorBoard wrote (tensorboardX's cleaned tag),
@@ -34,7 +37,11 @@ Metric key (from ``tensorboard.scalar`` exemplars)
       second gains ``-`` and 8 hex digits of its SHA-1, reported once;
     - each writer's log dir goes on the run as tag ``tensorboard.log_dir`` (the writer with no
       name) or ``tensorboard.log_dir.<writer>``, so what the log dir said about the run (date,
-      host, seed) is kept on the run instead of in every key.
+      host, seed) is kept on the run instead of in every key;
+    - the run's description (``mlflow.note.content``, what MLflow's UI shows as the run's
+      description) says which script logged, through which tracelet version, and lists the
+      log dirs with the key prefix of each; it grows as writers appear, unless the script sets
+      that tag itself.
 
 Point
     step = ``tensorboard.step`` (0 when absent, as TensorBoard writes it), timestamp = the
@@ -85,6 +92,12 @@ RUN_NAME = "mlflow.run.name"
 START_TIME = "mlflow.run.start_time"
 RANK = "distributed.rank"
 WORLD_SIZE = "distributed.world_size"
+SOURCE_NAME = "mlflow.source.name"
+SOURCE_TYPE = "mlflow.source.type"
+USER = "mlflow.user"
+VERSION = "tracelet.version"
+NOTE = "mlflow.note.content"
+NOTE_LOG_DIRS = 20  # log dirs the description lists; the tags keep every one
 
 MAX_KEY = 250
 MAX_PARAM_VALUE = 6000
@@ -160,9 +173,11 @@ def run_key(resource: Mapping[str, Any], default_experiment: str | None = None) 
     if name and rank:
         name = f"{name}-rank{rank}"
     tags = {INSTANCE_ID: instance}
-    for attribute in (SERVICE_NAME, RANK, WORLD_SIZE):
+    for attribute in (SERVICE_NAME, RANK, WORLD_SIZE, SOURCE_NAME, USER, VERSION):
         if resource.get(attribute) not in (None, ""):
-            tags[attribute] = str(resource[attribute])
+            tags[attribute] = str(resource[attribute])[:MAX_TAG_VALUE]
+    if SOURCE_NAME in tags:
+        tags[SOURCE_TYPE] = "LOCAL"
     return RunKey(
         instance_id=instance,
         experiment_name=str(resource.get(EXPERIMENT_NAME) or default_experiment or "") or None,
@@ -172,6 +187,31 @@ def run_key(resource: Mapping[str, Any], default_experiment: str | None = None) 
         tags=tuple(sorted(tags.items())),
         start_ms=_integer(resource.get(START_TIME)),
     )
+
+
+def describe(run: RunKey, log_dirs: Mapping[str, str]) -> str:
+    """The run's description (markdown): the script, the tracelet version, the log dirs by key prefix.
+
+    Short paragraphs, log dirs before the script's full path: MLflow's run page shows the first
+    lines of a description and folds the rest.
+    """
+    tags = dict(run.tags)
+    source = tags.get(SOURCE_NAME)
+    script = posixpath.basename(source.replace("\\", "/")) if source else tags.get(SERVICE_NAME)
+    by = f"tracelet {tags[VERSION]}" if tags.get(VERSION) else "tracelet"
+    of = f" of `{script}`" if script else ""
+    text = f"TensorBoard scalars{of}, captured by {by}."
+    dirs = [
+        f"`{log_dir}`" + (f" (keys `{label}/...`)" if label else "")
+        for label, log_dir in list(log_dirs.items())[:NOTE_LOG_DIRS]
+    ]
+    if len(log_dirs) > NOTE_LOG_DIRS:
+        dirs.append(f"and {len(log_dirs) - NOTE_LOG_DIRS} more (run tags `{LOG_DIR}.*`)")
+    if dirs:
+        text += f"\n\nLog dirs: {', '.join(dirs)}"
+    if source:
+        text += f"\n\nScript: `{source}`"
+    return text[:MAX_TAG_VALUE]
 
 
 def _integer(value: Any) -> int | None:
@@ -189,6 +229,8 @@ class Mapper:
         self._keys: dict[tuple[RunKey, str, str | None, str | None], str] = {}
         self._owners: dict[RunKey, dict[str, tuple[str, str, str]]] = {}  # key -> the series holding it
         self._sent: dict[RunKey, dict[str, str]] = {}  # params and metadata tags already emitted
+        self._log_dirs: dict[RunKey, dict[str, str]] = {}  # writer label ("" for none) -> log dir
+        self._described: set[RunKey] = set()  # runs whose script sets the description itself
         self._reported: set[str] = set()
 
     def key(self, run: RunKey, tag: str, log_dir: str | None, writer: str | None) -> str:
@@ -259,6 +301,7 @@ class Mapper:
         if log_dir is not None:
             label = writer if writer is not None else writer_label(log_dir)
             self._set_tag(batch, mlflow_name(f"{LOG_DIR}.{label}") if label else LOG_DIR, log_dir)
+            self._describe(batch, label or "", log_dir)
         append = batch.metrics.append
         for value, time_unix_nano, extra in exemplars:
             step = 0
@@ -276,6 +319,16 @@ class Mapper:
                 if len(extra) > (STEP in extra):
                     self._metadata(batch, key, extra)
             append((key, float(value), time_unix_nano // 1_000_000, step))
+
+    def _describe(self, batch: RunBatch, label: str, log_dir: str) -> None:
+        """Sends the run's description when a log dir is new (or was forgotten), unless the script set its own."""
+        dirs = self._log_dirs.setdefault(batch.run, {})
+        sent = self._sent.setdefault(batch.run, {})
+        if dirs.get(label) == log_dir and "tag:" + NOTE in sent:
+            return
+        dirs[label] = log_dir
+        if batch.run not in self._described:
+            self._set_tag(batch, NOTE, describe(batch.run, dirs))
 
     def _metadata(self, batch: RunBatch, key: str, extra: Mapping[str, Any]) -> None:
         sent = self._sent.setdefault(batch.run, {})
@@ -306,7 +359,10 @@ class Mapper:
         name = attributes.get(TAG_NAME)
         if name is None:
             return
-        self._set_tag(batch, mlflow_name(str(name)), _text(attributes.get(TAG_VALUE, "")))
+        tag = mlflow_name(str(name))
+        if tag == NOTE:  # the script's own description: never replaced by tracelet's
+            self._described.add(batch.run)
+        self._set_tag(batch, tag, _text(attributes.get(TAG_VALUE, "")))
 
     def _set_tag(self, batch: RunBatch, tag: str, text: str) -> None:
         text = text[:MAX_TAG_VALUE]
