@@ -12,8 +12,10 @@ calls per step) runs in its own process, once per mode, in alternating order:
 - ``otlp``: the same export to an OTLP endpoint that discards what it gets (tracelet's part of the
   collector route, without the collector, receiver and server working on the same machine).
 
-Each run warms up, then times ``--seconds`` of steps (default 32 s: at least six exports at the 5 s
-interval fall inside), then gets SIGTERM while still training; a round is ``none, plain, route,
+A route runs with its default export interval (0.5 s where the exporter runs in the helper
+process); ``route@S`` sets it to ``S`` seconds (``--routes sqlite,sqlite@5`` compares the two in one
+run). Each run warms up, then times ``--seconds`` of steps (default 32 s: at least six exports even
+at a 5 s interval fall inside), then gets SIGTERM while still training; a round is ``none, plain, route,
 plain, route, plain, ...``. Then ``--launches`` short runs per mode (SIGTERM right after the first
 step; ``plain`` with a SIGTERM handler that exits the orderly way, as tracelet's does). Printed per
 route:
@@ -28,7 +30,7 @@ route:
 The servers (MLflow, the collector, the receiver) run at the lowest CPU priority: on a two-core
 machine they stand in for infrastructure that lives elsewhere, and must not take the training core.
 
-    python benchmarks/bench_training_loop.py [--seconds 32] [--rounds 2] [--scalars 8] [--routes sqlite,server,...]
+    python benchmarks/bench_training_loop.py [--seconds 32] [--rounds 2] [--scalars 8] [--routes sqlite,server@5,...]
 """
 
 from __future__ import annotations
@@ -153,9 +155,13 @@ class Bench:
     order: list[tuple[str, Result]] = field(default_factory=list)  # the timed runs as they ran
     runs: int = 0
 
-    def env(self, mode: str) -> tuple[list[str], dict[str, str]]:
+    def env(self, spec: str) -> tuple[list[str], dict[str, str]]:
+        mode, _, interval = spec.partition("@")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACELET_", "MLFLOW_"))}
-        env.update(OMP_NUM_THREADS="1", OTEL_METRIC_EXPORT_INTERVAL="5000", TRACELET_EXPORT_INTERVAL="5")
+        env.update(OMP_NUM_THREADS="1")
+        if interval:  # else each route's default
+            env["OTEL_METRIC_EXPORT_INTERVAL"] = str(round(float(interval) * 1000))
+            env["TRACELET_EXPORT_INTERVAL"] = interval
         env["TRACELET_SPOOL_DIR"] = str(self.root / f"spool-{self.runs}")
         env["MLFLOW_EXPERIMENT_NAME"] = f"bench-{mode}"
         command = [PYTHON]
@@ -180,6 +186,7 @@ class Bench:
         workdir.mkdir()
         (workdir / "loop.py").write_text(LOOP)
         command, env = self.env(mode)
+        mode, spec = mode.partition("@")[0], mode
         log = (workdir / "stderr.log").open("wb")
         launched = time.time()
         process = subprocess.Popen(
@@ -223,12 +230,12 @@ class Bench:
             sigterm,
             drain,
         )
-        (self.launches if quick else self.results).setdefault(mode, []).append(result)
+        (self.launches if quick else self.results).setdefault(spec, []).append(result)
         if quick:
             return result
-        self.order.append((mode, result))
+        self.order.append((spec, result))
         print(
-            f"  {mode:<14} {result.us_per_step:8.1f} us/step  start-up {result.startup:5.2f} s  "
+            f"  {spec:<14} {result.us_per_step:8.1f} us/step  start-up {result.startup:5.2f} s  "
             f"RSS {result.rss_mb:6.0f} MB (+{result.children_rss_mb:.0f} MB in helpers)  "
             f"SIGTERM {result.sigterm:5.2f} s  helpers done {drain:5.1f} s later",
             flush=True,
@@ -286,23 +293,24 @@ def main() -> None:
     parser.add_argument("--launches", type=int, default=5, help="short runs per mode for start-up and exit times")
     args = parser.parse_args()
     routes = [r.strip() for r in args.routes.split(",") if r.strip()]
-    unknown = set(routes) - set(ROUTES)
+    unknown = {r.partition("@")[0] for r in routes} - set(ROUTES)
     if unknown:
         raise SystemExit(f"unknown routes {sorted(unknown)}; choose from {', '.join(ROUTES)}")
 
     with tempfile.TemporaryDirectory(prefix="bench-training-loop-") as tmp:
         bench = Bench(Path(tmp), args.seconds, args.scalars)
-        if {"server", "start_logging", "collector"} & set(routes):
+        modes = {r.partition("@")[0] for r in routes}
+        if {"server", "start_logging", "collector"} & modes:
             bench.server = MlflowServer(bench.root / "mlflow")
             with niced():
                 bench.server.start()
-        if "sqlite" in routes:  # MLflow creates its tables on first use: not part of any run
+        if "sqlite" in modes:  # MLflow creates its tables on first use: not part of any run
             from mlflow.tracking import MlflowClient  # noqa: PLC0415
 
             MlflowClient(f"sqlite:///{bench.root / 'store.db'}").search_experiments()
-        if "otlp" in routes:
+        if "otlp" in modes:
             bench.sink = discarding_sink()
-        if "collector" in routes:
+        if "collector" in modes:
             port = free_port()
             with niced():
                 bench.receiver = subprocess.Popen(

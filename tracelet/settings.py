@@ -35,7 +35,12 @@ class TraceletSettings(BaseSettings):
         None, description="OTLP/HTTP endpoint, e.g. http://127.0.0.1:4318 (default: OTEL_EXPORTER_OTLP_* variables)"
     )
     prometheus_port: int = Field(9464, ge=0, le=65535, description="port of the /metrics endpoint on 127.0.0.1")
-    export_interval: float = Field(5.0, gt=0, description="seconds between two exports of the push backends")
+    export_interval: float | None = Field(
+        None,
+        gt=0,
+        description="seconds between two exports of the push backends (default: 0.5 where they run in the "
+        "helper process, so a killed job loses at most that; 5 in process and for the console)",
+    )
     patch_tensorboard: bool = Field(True, description="capture SummaryWriter calls")
 
     @field_validator("tracking_uri")

@@ -12,6 +12,7 @@ import ast
 import math
 import os
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -92,4 +93,5 @@ def assert_same_points(
             value,
             tb_value,
         )
-        assert abs(timestamp - wall_time * 1000) < 1, (step, timestamp, wall_time)
+        # The double TensorBoard wrote, floored to the ms exactly (``wall_time * 1000`` in floats can round up).
+        assert timestamp == math.floor(Fraction(wall_time) * 1000), (step, timestamp, wall_time)

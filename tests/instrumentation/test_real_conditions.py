@@ -104,11 +104,13 @@ class _Probe(torch.utils.data.Dataset):
         return 8
 
     def __getitem__(self, index: int):
-        from opentelemetry.instrumentation.tensorboard import reservoir as views_module  # noqa: PLC0415
+        from opentelemetry.instrumentation.tensorboard import lifecycle  # noqa: PLC0415
+        from opentelemetry.instrumentation.tensorboard.reservoir import KeepAllExemplarReservoir  # noqa: PLC0415
 
         recorder = TensorBoardInstrumentor().recorder
         pending = len(recorder._pending) if recorder else -1
-        held = sum(len(r._offered) for r in list(views_module._live))
+        reservoirs = [r for r in list(lifecycle._forked_resets) if isinstance(r, KeepAllExemplarReservoir)]
+        held = sum(len(r._offered) for r in reservoirs) if reservoirs else -1  # -1: none found to check
         return torch.tensor([pending, held, os.getpid()])
 
 

@@ -236,3 +236,54 @@ def test_non_finite_values_are_logged_as_they_are(client: MlflowClient, project:
     assert math.isnan(stored[0][1])
     # MLflow stores infinities as the largest double
     assert [value for _, value in stored[1:]] == [sys.float_info.max, -sys.float_info.max, values[3]]
+
+
+SWEEP = """
+import gc, json, sys, threading
+import tracelet
+from torch.utils.tensorboard import SummaryWriter
+from opentelemetry.exporter.mlflow import MlflowMetricExporter
+from opentelemetry.instrumentation.tensorboard.capture import Recorder
+from opentelemetry.sdk.metrics import MeterProvider
+
+def live(kind):
+    for thread in threading.enumerate():  # the helper process finishes its run on its own, then its threads end
+        if thread is not threading.current_thread():
+            thread.join(timeout=120)
+    while gc.collect():  # a freed provider's weak-keyed entries free their values in the next pass
+        pass
+    return sum(1 for o in gc.get_objects() if isinstance(o, kind))
+
+counts = []
+for trial in range(4):  # a hyperparameter sweep in one process, as Optuna or Ray Tune run it
+    tracelet.start_logging(exp_name=f"trial-{trial}", backend=sys.argv[1], prometheus_port=0)
+    writer = SummaryWriter(f"runs/trial-{trial}")
+    for step in range(20):
+        writer.add_scalar("loss", 1 / (step + 1), step)
+    writer.close()
+    tracelet.stop_logging()
+    counts.append([live(MlflowMetricExporter), live(Recorder), live(MeterProvider)])
+print(json.dumps(counts))
+"""
+
+
+@pytest.mark.parametrize("backend", ["mlflow", "prometheus"])
+def test_a_sweep_of_experiments_in_one_process_frees_each_one(mlflow_env: Any, tmp_path: Path, backend: str) -> None:
+    """Each finished experiment's exporter, recorder and provider are freed: a sweep does not grow."""
+    import json  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    from support.env import subprocess_env  # noqa: PLC0415
+
+    (tmp_path / "sweep.py").write_text(SWEEP)
+    env = subprocess_env(
+        MLFLOW_TRACKING_URI=mlflow_env.uri,
+        MLFLOW_EXPERIMENT_NAME=f"sweep-{backend}",
+        TRACELET_SPOOL_DIR=str(tmp_path / "spool"),
+    )
+    done = subprocess.run(
+        [sys.executable, "sweep.py", backend], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts = json.loads(done.stdout.splitlines()[-1])
+    assert counts == [[0, 0, 0]] * 4, counts  # exporters, recorders, providers alive after each stop

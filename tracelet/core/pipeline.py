@@ -149,8 +149,15 @@ def build(settings: TraceletSettings) -> Pipeline:
     return pipeline
 
 
-def _interval_ms(settings: TraceletSettings) -> float:
-    return settings.export_interval * 1000
+IN_PROCESS_INTERVAL = 5.0  # seconds between exports of exporters in this process, unless configured
+
+
+def _interval_ms(settings: TraceletSettings, exporter: MetricExporter | None = None) -> float:
+    """The export interval: the configured one, else a short hand-off to a helper process, else 5 s."""
+    if settings.export_interval is not None:
+        return settings.export_interval * 1000
+    in_helper = isinstance(exporter, ProcessMetricExporter)
+    return (export_process.HANDOFF_INTERVAL if in_helper else IN_PROCESS_INTERVAL) * 1000
 
 
 def _pushed(exporter_class: type[MetricExporter], **kwargs: Any) -> tuple[MetricExporter, MetricExporter]:
@@ -173,7 +180,7 @@ def _mlflow(settings: TraceletSettings, pipeline: Pipeline) -> MetricReader:
         spool_dir=settings.spool_dir,
     )
     pipeline.tracking_uri = local.tracking_uri  # type: ignore[attr-defined]
-    return PeriodicExportingMetricReader(exporter, export_interval_millis=_interval_ms(settings))
+    return PeriodicExportingMetricReader(exporter, export_interval_millis=_interval_ms(settings, exporter))
 
 
 def otlp_url(endpoint: str | None) -> str | None:
@@ -188,7 +195,7 @@ def _otlp(settings: TraceletSettings, _pipeline: Pipeline) -> MetricReader:
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter  # noqa: PLC0415
 
     exporter, _ = _pushed(OTLPMetricExporter, endpoint=otlp_url(settings.otlp_endpoint))
-    return PeriodicExportingMetricReader(exporter, export_interval_millis=_interval_ms(settings))
+    return PeriodicExportingMetricReader(exporter, export_interval_millis=_interval_ms(settings, exporter))
 
 
 def _prometheus(settings: TraceletSettings, pipeline: Pipeline) -> MetricReader:

@@ -73,10 +73,11 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 import threading
 import time
 import weakref
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import wrapt
@@ -204,28 +205,25 @@ class TensorBoardInstrumentor(BaseInstrumentor):
 
         # Nothing is imported here: each writer is patched when the script imports it (at once if it
         # already has), so torch, tensorboardX and Lightning load when and as the script decides.
-        for module_name, class_name, file_writer in _WRITERS:
-            wrapt.register_post_import_hook(self._writer_hook(recorder, class_name, file_writer), module_name)
-        for module_name in _LIGHTNING:
-            wrapt.register_post_import_hook(self._lightning_hook(recorder), module_name)
+        # The import hooks are registered once per process (wrapt keeps them for good) and patch
+        # with whatever recorder is current when the module arrives, so no experiment outlives itself.
+        for module_name, patch in _PATCHES.items():
+            module = sys.modules.get(module_name)
+            if module is not None:
+                patch(self, recorder, module)
+            elif module_name not in _hooked_modules:
+                _hooked_modules.add(module_name)
+                wrapt.register_post_import_hook(_patch_when_imported, module_name)
 
-    def _writer_hook(self, recorder: Recorder, class_name: str, file_writer: str):
-        def hook(module: Any) -> None:
-            if TensorBoardInstrumentor._recorder is recorder:  # a hook of an earlier instrument() does nothing
-                writer = getattr(module, class_name)
-                self._wrap(getattr(module, file_writer), "add_event", _wrap_add_event)
-                self._wrap(writer, "add_scalar", _wrap_add_scalar(recorder))
-                self._wrap(writer, "add_scalars", _wrap_add_scalars(recorder))
-                self._wrap(writer, "add_hparams", _wrap_add_hparams(recorder))
+    def _patch_writer(self, recorder: Recorder, module: Any, class_name: str, file_writer: str) -> None:
+        writer = getattr(module, class_name)
+        self._wrap(getattr(module, file_writer), "add_event", _wrap_add_event)
+        self._wrap(writer, "add_scalar", _wrap_add_scalar(recorder))
+        self._wrap(writer, "add_scalars", _wrap_add_scalars(recorder))
+        self._wrap(writer, "add_hparams", _wrap_add_hparams(recorder))
 
-        return hook
-
-    def _lightning_hook(self, recorder: Recorder):
-        def hook(module: Any) -> None:
-            if TensorBoardInstrumentor._recorder is recorder:
-                self._wrap(module.TensorBoardLogger, "log_hyperparams", _wrap_log_hyperparams(recorder))
-
-        return hook
+    def _patch_lightning(self, recorder: Recorder, module: Any) -> None:
+        self._wrap(module.TensorBoardLogger, "log_hyperparams", _wrap_log_hyperparams(recorder))
 
     def _wrap(self, owner: type, name: str, wrapper: Any) -> None:
         if isinstance(owner.__dict__.get(name), wrapt.ObjectProxy):
@@ -244,6 +242,25 @@ class TensorBoardInstrumentor(BaseInstrumentor):
                 recorder.drain()
             except Exception:  # the methods are restored already; a later instrument() must find it so
                 _logger.exception("tensorboard: could not hand the last points to OpenTelemetry")
+
+
+def _writer_patch(class_name: str, file_writer: str) -> Callable[[TensorBoardInstrumentor, Recorder, Any], None]:
+    return lambda instrumentor, recorder, module: instrumentor._patch_writer(recorder, module, class_name, file_writer)
+
+
+# What to patch in each module, once it is imported.
+_PATCHES: dict[str, Callable[[TensorBoardInstrumentor, Recorder, Any], None]] = {
+    **{module: _writer_patch(class_name, file_writer) for module, class_name, file_writer in _WRITERS},
+    **{module: TensorBoardInstrumentor._patch_lightning for module in _LIGHTNING},
+}
+_hooked_modules: set[str] = set()
+
+
+def _patch_when_imported(module: Any) -> None:
+    """The post-import hook: patches a module imported while capture runs (nothing otherwise)."""
+    recorder = TensorBoardInstrumentor._recorder
+    if recorder is not None:
+        _PATCHES[module.__name__](TensorBoardInstrumentor(), recorder, module)
 
 
 def _record_failed(exc: Exception) -> None:

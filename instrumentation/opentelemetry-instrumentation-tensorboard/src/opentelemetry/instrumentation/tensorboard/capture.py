@@ -31,6 +31,7 @@ from opentelemetry.context import Context, get_current, get_value, set_value
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics._internal.exemplar import Exemplar
 
+from opentelemetry.instrumentation.tensorboard import lifecycle
 from opentelemetry.instrumentation.tensorboard.writer_names import WriterNames
 
 SCALAR = "tensorboard.scalar"
@@ -196,8 +197,7 @@ class Recorder:
         self._wake = threading.Event()
         self._drainer: threading.Thread | None = None
         self._parent = os.getpid()
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._after_fork)
+        lifecycle.reset_in_forked_child(self)
 
     def scalar(
         self,

@@ -4,8 +4,9 @@ The SDK's stock configurator builds the ``MeterProvider`` without Views and with
 ``trace_based`` exemplar filter, so only the last value per collection would survive. This
 configurator builds it with :func:`~opentelemetry.instrumentation.tensorboard.reservoir` and the
 ``always_on`` filter, and runs each push exporter chosen by ``OTEL_METRICS_EXPORTER`` (but the
-console's) in a helper process (:mod:`~opentelemetry.instrumentation.tensorboard.export_process`);
-everything else (traces, logs, resource) is the SDK's own. The distro selects it and sets
+console's) in a helper process (:mod:`~opentelemetry.instrumentation.tensorboard.export_process`),
+collecting every half second unless ``OTEL_METRIC_EXPORT_INTERVAL`` says otherwise (what a killed
+process can lose); everything else (traces, logs, resource) is the SDK's own. The distro selects it and sets
 defaults fit for a training job.
 
 Entry points: ``opentelemetry_distro`` and ``opentelemetry_configurator``, both ``tensorboard``.
@@ -92,7 +93,9 @@ def _init_metrics(
         elif cls is ConsoleMetricExporter or not export_process.enabled():
             readers.append(PeriodicExportingMetricReader(cls(**args)))
         else:
-            readers.append(PeriodicExportingMetricReader(export_process.ProcessMetricExporter(cls, args)))
+            exporter = export_process.ProcessMetricExporter(cls, args)
+            interval = export_process.interval_millis()
+            readers.append(PeriodicExportingMetricReader(exporter, export_interval_millis=interval))
     set_meter_provider(meter_provider(readers, resource, _meter_configurator=meter_configurator))
 
 

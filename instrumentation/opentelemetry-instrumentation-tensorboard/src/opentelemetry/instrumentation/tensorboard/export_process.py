@@ -28,6 +28,14 @@ uncaught Ctrl-C) does not wait: the helper has ``KILLED_GRACE`` seconds, less th
 usual grace period, for what it was handed. The helper ignores Ctrl-C (the terminal's, meant for
 the training script) and runs at a lower CPU priority, so training wins a contended core. Where no
 helper can be started the exporter runs in process, as it would unwrapped.
+
+Hand-off interval: a point is safe from a SIGKILL of the training process (out of memory, a
+preempted node) once it is in the helper, whose exporter keeps it (the MLflow exporter's journal).
+So readers whose exporter runs in the helper collect every ``HANDOFF_INTERVAL`` seconds unless an
+interval is configured (``OTEL_METRIC_EXPORT_INTERVAL``, ``start_logging(export_interval=...)``):
+a killed training process loses at most that much, not the SDK's 60 s default. A collection costs
+the training process a fixed few hundred microseconds plus the pickling of the points it holds,
+which it would pay at any interval (``benchmarks/bench_training_loop.py`` compares intervals).
 """
 
 from __future__ import annotations
@@ -45,7 +53,6 @@ import sys
 import threading
 import time
 import traceback
-import weakref
 from collections.abc import Mapping
 from contextlib import suppress
 from typing import IO, Any
@@ -61,6 +68,7 @@ from opentelemetry.instrumentation.tensorboard.capture import SCALAR, warn_once
 _logger = logging.getLogger(__name__)
 
 EXPORT_PROCESS_ENV = "OTEL_PYTHON_TENSORBOARD_EXPORT_PROCESS"
+HANDOFF_INTERVAL = 0.5  # seconds between two collections handed to the helper, unless configured
 KILLED_GRACE = 10.0  # seconds the helper exports after its parent was killed; then it shuts the exporter down
 _HEADER = struct.Struct(">I")
 _AUTO_INSTRUMENTATION = os.path.join("opentelemetry", "instrumentation", "auto_instrumentation")
@@ -69,6 +77,19 @@ _AUTO_INSTRUMENTATION = os.path.join("opentelemetry", "instrumentation", "auto_i
 def enabled() -> bool:
     """Whether push exporters go to a helper process (``OTEL_PYTHON_TENSORBOARD_EXPORT_PROCESS``, default true)."""
     return os.environ.get(EXPORT_PROCESS_ENV, "true").strip().lower() not in ("0", "false", "no", "off")
+
+
+def interval_millis(configured: float | None = None) -> float | None:
+    """Collection interval (ms) of a reader whose exporter runs in the helper (see the module docstring).
+
+    ``configured`` (ms) wins; then ``OTEL_METRIC_EXPORT_INTERVAL``, for which ``None`` lets the
+    SDK's reader read it; then ``HANDOFF_INTERVAL``.
+    """
+    if configured is not None:
+        return configured
+    if os.environ.get("OTEL_METRIC_EXPORT_INTERVAL", "").strip():
+        return None
+    return HANDOFF_INTERVAL * 1000
 
 
 # Wire format --------------------------------------------------------------------------------------
@@ -112,8 +133,6 @@ def _read(stream: IO[bytes]) -> tuple | None:
 
 # The exporting process's side -----------------------------------------------------------------------
 
-_exporters: weakref.WeakSet[ProcessMetricExporter] = weakref.WeakSet()
-
 
 class ProcessMetricExporter(MetricExporter):
     """Exports through ``exporter_class(**kwargs)`` running in a helper process (see the module docstring).
@@ -141,7 +160,7 @@ class ProcessMetricExporter(MetricExporter):
         self._flushed: dict[int, bool] = {}
         self._sequence = 0
         self._alive = False
-        _exporters.add(self)
+        lifecycle.reset_in_forked_child(self)
 
     @property
     def exporter(self) -> MetricExporter:
@@ -306,15 +325,6 @@ class ProcessMetricExporter(MetricExporter):
                     with suppress(OSError):
                         os.close(stream.fileno())
         self._proc, self._alive = None, False
-
-
-def _close_after_fork() -> None:
-    for exporter in list(_exporters):
-        exporter._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_close_after_fork)
 
 
 def report_forked(data: MetricsData, owner: int) -> None:

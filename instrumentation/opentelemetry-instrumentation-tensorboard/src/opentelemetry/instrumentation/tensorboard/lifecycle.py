@@ -13,6 +13,10 @@
   installed only from the main thread and only over ``SIG_DFL``: a handler the application or a
   framework installed (Lightning, torchrun, ...) is never replaced. A forked child (a DataLoader
   worker) inherits the handler; there it restores ``SIG_DFL`` and lets the signal do what it did.
+
+Forked children: whatever holds the parent's points or its helper's pipe registers with
+:func:`reset_in_forked_child` and is reset in the child (one ``os.register_at_fork`` for all, held
+weakly, so a finished experiment's objects are freed as soon as nothing else holds them).
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ import os
 import signal
 import sys
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType, TracebackType
+from typing import Protocol
 
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
 
@@ -36,6 +42,29 @@ _hooked = False
 _signalled = False
 _pid = os.getpid()
 _previous_excepthook = sys.excepthook
+
+
+class ForkAware(Protocol):
+    """What :func:`reset_in_forked_child` takes: an object that can reset itself in a forked child."""
+
+    def _after_fork(self) -> None: ...
+
+
+_forked_resets: weakref.WeakSet[ForkAware] = weakref.WeakSet()
+
+
+def reset_in_forked_child(owner: ForkAware) -> None:
+    """Calls ``owner._after_fork()`` in every child this process forks, as long as ``owner`` lives."""
+    _forked_resets.add(owner)
+
+
+def _reset_forked() -> None:
+    for owner in list(_forked_resets):
+        owner._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_forked)
 
 
 def outcome() -> str:

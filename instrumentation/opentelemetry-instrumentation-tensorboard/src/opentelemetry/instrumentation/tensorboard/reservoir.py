@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import threading
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +28,7 @@ from opentelemetry.sdk.metrics._internal.exemplar import Exemplar, ExemplarReser
 from opentelemetry.sdk.metrics.view import View
 from opentelemetry.util.types import Attributes
 
+from opentelemetry.instrumentation.tensorboard import lifecycle
 from opentelemetry.instrumentation.tensorboard.capture import (
     LOG_DIR,
     SCALAR,
@@ -43,8 +43,6 @@ SERIES_KEYS = frozenset({TAG, LOG_DIR, WRITER})
 
 # A reader that never collects (a Prometheus endpoint nobody scrapes) must not hold points forever.
 MAX_POINTS = int(os.environ.get("OTEL_PYTHON_TENSORBOARD_MAX_POINTS", "1000000"))
-
-_live: weakref.WeakSet[KeepAllExemplarReservoir] = weakref.WeakSet()
 
 
 class KeepAllExemplarReservoir(ExemplarReservoir):
@@ -61,7 +59,7 @@ class KeepAllExemplarReservoir(ExemplarReservoir):
         self._blocks: list[ScalarBlock] = []
         self._offered: list[tuple[float, int, Attributes]] = []
         self._kept = 0
-        _live.add(self)
+        lifecycle.reset_in_forked_child(self)
 
     def offer(self, value: float, time_unix_nano: int, attributes: Attributes, context: Context) -> None:
         block = block_of(context)
@@ -117,15 +115,6 @@ class KeepAllExemplarReservoir(ExemplarReservoir):
         self._blocks = []
         self._offered = []
         self._kept = 0
-
-
-def _reset_after_fork() -> None:
-    for reservoir in list(_live):
-        reservoir._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 class TensorBoardView(View):
