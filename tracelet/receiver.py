@@ -23,6 +23,15 @@ HTTP contract (OTLP/HTTP, ``POST /v1/metrics``, protobuf or JSON, optionally gzi
   the request counts as delivered and the sender sends it again (MLflow stores a repeated point once).
 
 Error bodies are a ``google.rpc.Status`` in the request's encoding, as OTLP specifies.
+
+Concurrency: requests are served and written into MLflow in parallel (one thread per connection;
+the collector's ``sending_queue`` sends with several consumers), since a single ``log-batch`` in
+flight leaves both MLflow and the receiver idle half the time. Only the mapping, whose per-run state
+(params and tags already sent) is shared, runs one request at a time; it is pure computation. Points
+carry their own step and wall time, so the order in which requests land does not matter. Limits
+that keep one client from starving the others: ``max_connections`` open connections (more are
+closed at once), a listen backlog of 128, and ``read_timeout`` seconds for a client to send the
+next part of a request (half-sent requests do not hold threads for ever).
 """
 
 from __future__ import annotations
@@ -60,9 +69,12 @@ PATH = "/v1/metrics"
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 MAX_BODY = 32 * 1024 * 1024
-RETRY_AFTER = 5  # seconds the sender waits before retrying while MLflow is unavailable
+RETRY_AFTER = 2  # seconds the sender waits before retrying while MLflow is unavailable
+MAX_CONNECTIONS = 256  # open connections at once; more are closed (the file limit stays far away)
+READ_TIMEOUT = 60.0  # seconds a client may take to send the next part of its request
 TOKEN_ENV = "TRACELET_RECEIVER_TOKEN"
 _DRAIN_LIMIT = 256 * 1024 * 1024  # larger refused bodies are not read; the connection is closed
+_GZIP_MAGIC = b"\x1f\x8b"
 _REMEMBERED = 64  # digests of recently delivered bodies (see Receiver._deliver)
 # google.rpc.Code of the Status in error bodies, per HTTP status (as OTLP/HTTP pairs them).
 _GRPC_CODES = {400: 3, 401: 16, 404: 12, 405: 12, 411: 3, 413: 8, 415: 3, 503: 14}
@@ -104,12 +116,14 @@ class Receiver:
         if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1:
             raise ValueError(f"max_body must be a positive number of bytes, got {max_body!r}")
         self.max_body = max_body
+        self.timeout = timeout
         self.token = token if token is not None else os.environ.get(TOKEN_ENV, "")
         self.writer = MlflowWriter(tracking_uri, timeout)
         # One mapper for the receiver's lifetime: params and tags go to MLflow once, not per request.
         self._mapper = Mapper(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or None)
-        # The mapper keeps per-run state and the collector sends few, large requests: one at a time.
-        self._lock = threading.Lock()
+        self._map_lock = threading.Lock()  # the mapper's per-run state: one request maps at a time
+        self._state = threading.Condition()  # deliveries in flight, closing, delivered digests
+        self._inflight = 0
         self._delivered: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._unavailable = False
         self._reported: set[str] = set()
@@ -163,10 +177,10 @@ class Receiver:
         self._close()
 
     def _close(self) -> None:
-        self._closing = True
+        with self._state:  # deliveries in progress end (bounded by MLflow's timeout); later ones see _closing
+            self._closing = True
+            self._state.wait_for(lambda: self._inflight == 0, timeout=2 * self.timeout + 5)
         self._server.server_close()
-        with self._lock:  # the delivery in progress ends; later ones see _closing
-            pass
         with self._connections_lock:
             for connection in self._connections:
                 with contextlib.suppress(OSError):
@@ -208,63 +222,84 @@ class Receiver:
         return _encode(response, content_type)
 
     def _gunzip(self, body: bytes) -> bytes:
-        unzip = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-        try:
-            data = unzip.decompress(body, self.max_body + 1)
-        except zlib.error as exc:
-            raise _HttpError(400, f"the body is not valid gzip: {exc}") from None
-        if len(data) > self.max_body:
-            raise _HttpError(413, f"the body unzips to more than {self.max_body} bytes (max_body)")
-        if not unzip.eof:
-            raise _HttpError(400, "the gzip body is truncated")
-        return data
+        """Every gzip member of ``body`` (``cat a.gz b.gz`` is one valid gzip stream), at most ``max_body`` bytes."""
+        data = bytearray()
+        rest = body
+        while True:
+            unzip = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+            try:
+                data += unzip.decompress(rest, self.max_body + 1 - len(data))
+            except zlib.error as exc:
+                raise _HttpError(400, f"the body is not valid gzip: {exc}") from None
+            if len(data) > self.max_body:
+                raise _HttpError(413, f"the body unzips to more than {self.max_body} bytes (max_body)")
+            if not unzip.eof:
+                raise _HttpError(400, "the gzip body is truncated")
+            rest = unzip.unused_data
+            if not rest:
+                return bytes(data)
+            if not rest.startswith(_GZIP_MAGIC):
+                raise _HttpError(400, f"the gzip body is followed by {len(rest)} bytes that are not gzip")
 
     def _deliver(self, request: ExportMetricsServiceRequest, digest: bytes) -> tuple[int, str] | None:
         """Maps and writes; returns (points refused, why) when MLflow refused some runs as a whole."""
-        with self._lock:
+        with self._state:
             if self._closing:
                 raise _HttpError(503, "the receiver is stopping", {"Retry-After": str(RETRY_AFTER)})
             # A sender that timed out while we were writing sends the same body again: it is stored already.
             if digest in self._delivered:
                 return None
+            self._inflight += 1
+        try:
+            return self._map_and_write(request, digest)
+        finally:
+            with self._state:
+                self._inflight -= 1
+                self._state.notify_all()
+
+    def _map_and_write(self, request: ExportMetricsServiceRequest, digest: bytes) -> tuple[int, str] | None:
+        with self._map_lock:
             try:
                 batches = self._mapper.from_otlp(request)
             except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
                 self._mapper = Mapper(self._mapper.default_experiment)  # may have marked params as sent
                 _logger.error("tracelet receiver: a request could not be mapped to MLflow: %r", exc)
                 raise _HttpError(400, f"the points cannot be mapped to MLflow: {exc!r}") from None
-            refused: list[str] = []
-            rejected = 0
-            try:
-                for batch in batches:
-                    try:
-                        self.writer.write(batch)
-                    except MlflowRejected as exc:
-                        rejected += len(batch.metrics)
-                        refused.append(f"run {batch.run.run_name or batch.run.instance_id}: {exc.message}")
-                        self.report(
-                            f"rejected:{batch.run}:{exc.message}",
-                            "tracelet receiver: MLflow refused the points of run %s as a whole; they are dropped: %s",
-                            batch.run.run_name or batch.run.instance_id,
-                            exc.message,
-                        )
-            except Exception as exc:
-                # Nothing of this request counts as sent: params and tags go again with the retry.
+        # Written outside the mapping lock: requests for other runs go to MLflow meanwhile.
+        refused: list[str] = []
+        rejected = 0
+        try:
+            for batch in batches:
+                try:
+                    self.writer.write(batch)
+                except MlflowRejected as exc:
+                    rejected += len(batch.metrics)
+                    refused.append(f"run {batch.run.run_name or batch.run.instance_id}: {exc.message}")
+                    self.report(
+                        f"rejected:{batch.run}:{exc.message}",
+                        "tracelet receiver: MLflow refused the points of run %s as a whole; they are dropped: %s",
+                        batch.run.run_name or batch.run.instance_id,
+                        exc.message,
+                    )
+        except Exception as exc:
+            # Nothing of this request counts as sent: params and tags go again with the retry.
+            with self._map_lock:
                 for batch in batches:
                     self._mapper.forget(batch.run)
-                reason = str(exc) if isinstance(exc, MlflowUnavailable) else f"{type(exc).__name__}: {exc}"
-                if not self._unavailable:
-                    self._unavailable = True
-                    _logger.warning(
-                        "tracelet receiver: MLflow at %s cannot take points (%s); answering 503 so the sender retries",
-                        public_uri(self.writer.tracking_uri),
-                        reason,
-                        exc_info=not isinstance(exc, MlflowUnavailable),
-                    )
-                raise _HttpError(503, f"MLflow is unavailable: {reason}", {"Retry-After": str(RETRY_AFTER)}) from None
-            if self._unavailable:
-                self._unavailable = False
-                _logger.info("tracelet receiver: MLflow at %s takes points again", public_uri(self.writer.tracking_uri))
+            reason = str(exc) if isinstance(exc, MlflowUnavailable) else f"{type(exc).__name__}: {exc}"
+            if not self._unavailable:
+                self._unavailable = True
+                _logger.warning(
+                    "tracelet receiver: MLflow at %s cannot take points (%s); answering 503 so the sender retries",
+                    public_uri(self.writer.tracking_uri),
+                    reason,
+                    exc_info=not isinstance(exc, MlflowUnavailable),
+                )
+            raise _HttpError(503, f"MLflow is unavailable: {reason}", {"Retry-After": str(RETRY_AFTER)}) from None
+        if self._unavailable:
+            self._unavailable = False
+            _logger.info("tracelet receiver: MLflow at %s takes points again", public_uri(self.writer.tracking_uri))
+        with self._state:
             self._delivered[digest] = None
             if len(self._delivered) > _REMEMBERED:
                 self._delivered.popitem(last=False)
@@ -275,13 +310,17 @@ def _parse(body: bytes, content_type: str) -> ExportMetricsServiceRequest:
     if content_type == PROTOBUF:
         try:
             return ExportMetricsServiceRequest.FromString(body)
-        except DecodeError as exc:
+        except (DecodeError, RecursionError) as exc:
             raise _HttpError(400, f"the body is not an OTLP ExportMetricsServiceRequest in protobuf: {exc}") from None
     if content_type == JSON:
         try:
             document = json.loads(body)
             _hex_ids(document)
             return json_format.ParseDict(document, ExportMetricsServiceRequest(), ignore_unknown_fields=True)
+        except RecursionError:
+            raise _HttpError(
+                400, "the body is not an OTLP ExportMetricsServiceRequest in JSON: nested too deeply"
+            ) from None
         except (ValueError, TypeError, AttributeError, json_format.ParseError) as exc:
             raise _HttpError(400, f"the body is not an OTLP ExportMetricsServiceRequest in JSON: {exc}") from None
     raise _HttpError(415, f"Content-Type {content_type!r} is not supported; use {PROTOBUF} or {JSON}")
@@ -306,6 +345,12 @@ def _encode(message: Message, content_type: str) -> bytes:
     return message.SerializeToString()
 
 
+def _length(header: str | None) -> int | None:
+    """``Content-Length`` as a number of bytes; ``None`` when missing or not ASCII digits (``²`` is not)."""
+    value = (header or "").strip()
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
 def _loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -314,14 +359,29 @@ def _loopback(host: str) -> bool:
 
 
 class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # the listen backlog: bursts of clients wait instead of being reset
+
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], receiver: Receiver) -> None:
         self.receiver = receiver
         super().__init__(address, handler)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Closes a connection beyond ``MAX_CONNECTIONS`` at once, so idle clients cannot exhaust the file limit."""
+        with self.receiver._connections_lock:
+            full = len(self.receiver._connections) >= MAX_CONNECTIONS
+        if full:
+            self.receiver.report(
+                "connections",
+                "tracelet receiver: more than %d connections at once; further ones are closed (reported once)",
+                MAX_CONNECTIONS,
+            )
+        return not full
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"  # keep-alive: the collector reuses its connection
+    timeout = READ_TIMEOUT  # on the socket: a client that stops sending is dropped, its thread freed
 
     def setup(self) -> None:
         super().setup()
@@ -339,17 +399,25 @@ class _Handler(BaseHTTPRequestHandler):
         receiver = self.server.receiver
         content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
         self._body_read = False
+        self._too_large = False
         try:
             if self.path.split("?")[0] != PATH:
                 raise _HttpError(404, f"not found; OTLP metrics go to POST {PATH}")
             if not receiver.authorized(self.headers.get("Authorization")):
                 raise _HttpError(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
-            length = self.headers.get("Content-Length")
-            if length is None or not length.strip().isdigit():
-                raise _HttpError(411, "a Content-Length header is required")
-            if int(length) > receiver.max_body:
-                raise _HttpError(413, f"the body has {int(length)} bytes, more than {receiver.max_body} (max_body)")
-            body = self.rfile.read(int(length))
+            length = _length(self.headers.get("Content-Length"))
+            if length is None:
+                raise _HttpError(411, "a Content-Length header with a number of bytes is required")
+            if length > receiver.max_body:
+                self._too_large = True
+                raise _HttpError(413, f"the body has {length} bytes, more than {receiver.max_body} (max_body)")
+            try:
+                body = self.rfile.read(length)
+            except OSError:  # the client stopped sending for READ_TIMEOUT, or went away
+                body = b""
+            if len(body) < length:  # nothing to answer: the request never arrived whole
+                self.close_connection = True
+                return
             self._body_read = True
             encoding = self.headers.get("Content-Encoding", "").strip().lower()
             self._reply(200, receiver.handle(body, content_type, encoding), content_type)
@@ -357,9 +425,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._refuse(refused, content_type)
 
     def _refuse(self, refused: _HttpError, content_type: str) -> None:
+        if getattr(self, "_too_large", False):  # answered before the body is read; then the connection closes
+            self.close_connection = True
+            refused.headers["Connection"] = "close"
+            self._answer(refused, content_type)
+            self._discard_body()  # so the client, still sending, reads the answer rather than a reset
+            return
         if not self._body_read and not self._discard_body():  # the connection cannot carry on
             self.close_connection = True
             refused.headers["Connection"] = "close"
+        self._answer(refused, content_type)
+
+    def _answer(self, refused: _HttpError, content_type: str) -> None:
         if refused.status != 503:  # MLflow outages are reported by the receiver, once
             self.server.receiver.report(
                 f"status:{refused.status}",
@@ -375,14 +452,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _discard_body(self) -> bool:
         """Reads an unwanted body away, so the client sees the answer instead of a reset connection."""
-        length = self.headers.get("Content-Length")
-        if length is None and "Transfer-Encoding" not in self.headers:
+        header = self.headers.get("Content-Length")
+        if header is None and "Transfer-Encoding" not in self.headers:
             return True  # no body
-        if length is None or not length.strip().isdigit() or int(length) > _DRAIN_LIMIT:
+        left = _length(header)
+        if left is None or left > _DRAIN_LIMIT:
             return False
-        left = int(length)
         while left > 0:
-            chunk = self.rfile.read(min(left, 1 << 16))
+            try:
+                chunk = self.rfile.read(min(left, 1 << 16))
+            except OSError:  # the client gave up, or stopped sending for READ_TIMEOUT
+                return False
             if not chunk:
                 return False
             left -= len(chunk)

@@ -6,6 +6,7 @@ MeterProvider and encoded by the OTLP exporter's encoder (or OTLP/JSON written a
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import math
@@ -241,3 +242,181 @@ def test_cli_receiver_serves_until_sigterm(mlflow_server: MlflowServer, tmp_path
         assert receiver.stop() == 0, receiver.logs()
     assert "bearer token required" in receiver.logs()
     assert MlflowReader(mlflow_server.uri).only_run(experiment).data.metrics == {"json/loss": 0.7}
+
+
+class _GatedMlflow:
+    """A proxy in front of MLflow that holds each ``log-batch`` until ``parties`` are in flight at once.
+
+    A receiver that writes one request at a time never gets there: the gate opens after its
+    timeout instead, and ``most`` stays 1.
+    """
+
+    def __init__(self, upstream: str, parties: int) -> None:
+        import threading  # noqa: PLC0415
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: PLC0415
+
+        self.most = 0
+        inflight = 0
+        lock = threading.Lock()
+        gate = threading.Barrier(parties, timeout=30)
+        proxy = self
+
+        class Relay(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _relay(self) -> None:
+                nonlocal inflight
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                batch = "log-batch" in self.path
+                if batch:
+                    with lock:
+                        inflight += 1
+                        proxy.most = max(proxy.most, inflight)
+                    with contextlib.suppress(threading.BrokenBarrierError):
+                        gate.wait()
+                try:
+                    answer = requests.request(
+                        self.command,
+                        upstream.rstrip("/") + self.path,
+                        data=body or None,
+                        headers={"Content-Type": self.headers.get("Content-Type", "application/json")},
+                        timeout=60,
+                    )
+                finally:
+                    if batch:
+                        with lock:
+                            inflight -= 1
+                self.send_response(answer.status_code)
+                self.send_header("Content-Type", answer.headers.get("Content-Type", "application/json"))
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            def do_GET(self) -> None:
+                self._relay()
+
+            def do_POST(self) -> None:
+                self._relay()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Relay)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.uri = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_requests_of_different_jobs_are_written_in_parallel(mlflow_server: MlflowServer, experiment: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    gated = _GatedMlflow(mlflow_server.uri, parties=3)
+    bodies = [
+        sdk_request(experiment, [("loss", step / 10, step) for step in range(50)]).SerializeToString()
+        for _job in range(3)
+    ]
+    try:
+        with Receiver(port=0, tracking_uri=gated.uri, token="") as receiver, ThreadPoolExecutor(3) as pool:
+            answers = list(
+                pool.map(lambda body: requests.post(receiver.url, data=body, headers=PROTOBUF, timeout=120), bodies)
+            )
+    finally:
+        gated.close()
+    assert [a.status_code for a in answers] == [200] * 3
+    assert gated.most == 3  # three log-batch requests in MLflow at once
+    reader = MlflowReader(mlflow_server.uri)
+    runs = reader.runs(experiment)
+    assert len(runs) == 3
+    for run in runs:
+        assert [row[0] for row in reader.history(run.info.run_id, "receiver/loss")] == list(range(50))
+
+
+def test_gzip_of_several_members_is_read_whole_and_trailing_bytes_refused(
+    receiver: Receiver, reader: MlflowReader, experiment: str
+) -> None:
+    first = sdk_request(experiment, [("loss", 0.5, 0)], instance="members").SerializeToString()
+    headers = {**PROTOBUF, "Content-Encoding": "gzip"}
+    # Two members make one valid gzip stream (``cat a.gz b.gz``); here they hold one request's two halves.
+    half = len(first) // 2
+    body = gzip.compress(first[:half]) + gzip.compress(first[half:])
+    assert requests.post(receiver.url, data=body, headers=headers, timeout=30).status_code == 200
+    assert [row[0] for row in reader.history(reader.only_run(experiment).info.run_id, "receiver/loss")] == [0]
+    garbage = requests.post(receiver.url, data=gzip.compress(first) + b"junk", headers=headers, timeout=30)
+    assert garbage.status_code == 400
+    assert "4 bytes that are not gzip" in status(garbage).message
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param(b"Content-Length: \xc2\xb2\r\n", b" 411 ", id="superscript-two"),
+        pytest.param(b"Content-Length: -5\r\n", b" 411 ", id="negative"),
+    ],
+)
+def test_a_content_length_that_is_not_a_number_is_411(receiver: Receiver, raw: bytes, expected: bytes) -> None:
+    answer = _raw_exchange(receiver, b"POST /v1/metrics HTTP/1.1\r\nHost: x\r\n" + raw + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1" + expected), answer[:200]
+
+
+def test_json_nested_too_deeply_is_400(receiver: Receiver) -> None:
+    body = b"[" * 100_000 + b"]" * 100_000
+    response = requests.post(receiver.url, data=body, headers={"Content-Type": "application/json"}, timeout=60)
+    assert response.status_code == 400
+    assert "nested too deeply" in status(response).message
+
+
+def test_oversize_content_length_is_refused_before_the_body_is_sent(mlflow_server: MlflowServer) -> None:
+    with Receiver(port=0, tracking_uri=mlflow_server.uri, token="", max_body=1_000) as receiver:
+        head = b"POST /v1/metrics HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+        answer = _raw_exchange(receiver, head + b"Content-Length: 5000000\r\n\r\n", shut_write=False)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+
+
+def test_idle_and_half_sent_connections_cannot_starve_clients(
+    mlflow_server: MlflowServer, experiment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    import tracelet.receiver as receiver_module  # noqa: PLC0415
+
+    monkeypatch.setattr(receiver_module, "MAX_CONNECTIONS", 8)
+    monkeypatch.setattr(receiver_module._Handler, "timeout", 2.0)
+    body = sdk_request(experiment, [("loss", 0.5, 0)]).SerializeToString()
+    with Receiver(port=0, tracking_uri=mlflow_server.uri, token="") as receiver:
+        idle = [socket.create_connection((receiver.host, receiver.port), timeout=30) for _ in range(8)]
+        try:
+            for connection in idle:  # half a request each, then nothing
+                connection.sendall(b"POST /v1/metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+            deadline = time.monotonic() + 30
+            while len(receiver._connections) < 8 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with socket.create_connection((receiver.host, receiver.port), timeout=30) as ninth:
+                assert ninth.recv(1 << 16) == b"", "a connection beyond the limit is closed at once"
+            for connection in idle:  # dropped once the read timeout passed, without an answer
+                assert connection.recv(1 << 16) == b""
+        finally:
+            for connection in idle:
+                connection.close()
+        assert requests.post(receiver.url, data=body, headers=PROTOBUF, timeout=30).status_code == 200
+
+
+def _raw_exchange(receiver: Receiver, request: bytes, shut_write: bool = True) -> bytes:
+    """Sends raw bytes (what ``requests`` would refuse to send) and returns the whole answer."""
+    import socket  # noqa: PLC0415
+
+    with socket.create_connection((receiver.host, receiver.port), timeout=30) as connection:
+        connection.sendall(request)
+        if shut_write:
+            connection.shutdown(socket.SHUT_WR)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = connection.recv(1 << 16)
+            if not chunk:
+                break
+            answer += chunk
+        return answer
