@@ -5,11 +5,12 @@ process, instrumented by ``TensorBoardInstrumentor`` with a 1 s export interval,
 ``mlflow server``. The clock runs from the first call until every point is stored in MLflow:
 
 - collector: OTLP/HTTP exporter -> otelcol-tracelet (otel-collector.yaml) -> ``tracelet receive``
-  (its own process) -> MLflow; done when MLflow's latest step of every tag is the last one
-  (delivery is in order), then the stored count is checked;
+  (its own process) -> MLflow; done when every point is stored (requests land in any order: the
+  collector sends with several consumers). Run once with the shipped config's consumers and once
+  with ``--consumers`` (default 1, the former setting), side by side;
 - in process: ``MlflowMetricExporter``; done when ``force_flush`` returns (it waits for MLflow).
 
-    python benchmarks/bench_collector_route.py [--points 100000] [--repeat 1] [--tracking-uri URI]
+    python benchmarks/bench_collector_route.py [--points 100000] [--repeat 1] [--consumers 1] [--tracking-uri URI]
 
 Without ``--tracking-uri`` a fresh ``mlflow server`` (sqlite, one worker) is started and stopped.
 The collector and MLflow helpers are the test suite's (tests/support).
@@ -128,7 +129,7 @@ def in_process(uri: str, points: int, root: Path) -> tuple[float, float]:
     return loop, total
 
 
-def collector_route(uri: str, points: int, root: Path) -> tuple[float, float]:
+def collector_route(uri: str, points: int, root: Path, consumers: int | None = None) -> tuple[float, float]:
     experiment = f"bench-collector-{uuid.uuid4().hex[:6]}"
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -143,6 +144,7 @@ def collector_route(uri: str, points: int, root: Path) -> tuple[float, float]:
         root / "storage",
         receiver_endpoint=f"http://127.0.0.1:{port}",
         log_path=root / "collector.log",
+        env={"TRACELET_COLLECTOR_CONSUMERS": str(consumers)} if consumers else None,
     )
     mlflow = Mlflow(uri)
     try:
@@ -154,10 +156,10 @@ def collector_route(uri: str, points: int, root: Path) -> tuple[float, float]:
             loop = log_points(provider, points, root / WRITER)
             provider.force_flush(60_000)
             deadline = time.monotonic() + 600
-            while mlflow.latest_steps(experiment) != dict.fromkeys(KEYS, last):
+            while mlflow.latest_steps(experiment) != dict.fromkeys(KEYS, last) or mlflow.count(experiment) < points:
                 if time.monotonic() > deadline:
                     raise SystemExit(f"collector route did not deliver within 600 s:\n{collector.logs()}")
-                time.sleep(0.1)
+                time.sleep(0.2)
             total = time.perf_counter() - start
             provider.shutdown()
             check(mlflow, experiment, points)
@@ -178,6 +180,7 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--tracking-uri", default=None, help="an MLflow server to use instead of a fresh one")
+    parser.add_argument("--consumers", type=int, default=1, help="the collector's sending consumers to compare with")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -185,12 +188,19 @@ def main() -> None:
         root = Path(tmp)
         server = None if args.tracking_uri else MlflowServer(root / "mlflow").start()
         uri = args.tracking_uri or server.uri  # type: ignore[union-attr]
-        results: dict[str, list[tuple[float, float]]] = {"collector": [], "in process": []}
+        fewer = f"collector, {args.consumers} consumer(s)"
+        results: dict[str, list[tuple[float, float]]] = {"collector": [], fewer: [], "in process": []}
+        routes = {
+            "collector": collector_route,
+            fewer: lambda *a: collector_route(*a, consumers=args.consumers),
+            "in process": in_process,
+        }
         try:
             for rep in range(args.repeat):
-                order = [("collector", collector_route), ("in process", in_process)]
+                order = list(routes.items())
                 for name, route in order if rep % 2 == 0 else order[::-1]:
-                    results[name].append(route(uri, args.points, root / f"{name.replace(' ', '-')}-{rep}"))
+                    slug = name.replace(" ", "-").replace(",", "").replace("(", "").replace(")", "")
+                    results[name].append(route(uri, args.points, root / f"{slug}-{rep}"))
         finally:
             if server is not None:
                 server.stop()
@@ -201,8 +211,9 @@ def main() -> None:
     for name, runs in results.items():
         loop, total = min(runs, key=lambda r: r[1])
         rates[name] = args.points / total
-        print(f"  {name:<11} {rates[name]:9.0f} points/s   ({total:6.1f} s in all, {loop:5.1f} s of it logging)")
+        print(f"  {name:<26} {rates[name]:9.0f} points/s   ({total:6.1f} s in all, {loop:5.1f} s of it logging)")
     print(f"  ratio collector / in process: {rates['collector'] / rates['in process']:.2f}x")
+    print(f"  ratio collector (shipped config) / {fewer}: {rates['collector'] / rates[fewer]:.2f}x")
 
 
 if __name__ == "__main__":

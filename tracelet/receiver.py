@@ -10,9 +10,9 @@ whatever is not stored yet.
 
 HTTP contract (OTLP/HTTP, ``POST /v1/metrics``, protobuf or JSON, optionally gzip):
 
-- 200: every point is stored (points MLflow refuses for their content are logged once and counted
-  in the response's ``partial_success``); the body is an empty ``ExportMetricsServiceResponse``
-  in the request's encoding;
+- 200: every point is stored (points MLflow refuses for their content, and the runs of a deleted
+  experiment, are logged once and counted in the response's ``partial_success``: the rest of the
+  request lands); the body is an empty ``ExportMetricsServiceResponse`` in the request's encoding;
 - 400: the body is not an OTLP metrics request (the message says why; not retried);
 - 401: a token is configured and ``Authorization: Bearer <token>`` is missing or wrong;
 - 404: another path; 405: another method; 411: no ``Content-Length``;
@@ -60,7 +60,13 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
 )
 
-from opentelemetry.exporter.mlflow.delivery import MlflowRejected, MlflowUnavailable, MlflowWriter, public_uri
+from opentelemetry.exporter.mlflow.delivery import (
+    MlflowExperimentDeleted,
+    MlflowRejected,
+    MlflowUnavailable,
+    MlflowWriter,
+    public_uri,
+)
 from opentelemetry.exporter.mlflow.mapping import Mapper
 
 _logger = logging.getLogger(__name__)
@@ -272,14 +278,16 @@ class Receiver:
             for batch in batches:
                 try:
                     self.writer.write(batch)
-                except MlflowRejected as exc:
+                except (MlflowRejected, MlflowExperimentDeleted) as exc:
+                    # Refused alone: the other runs of the request land, and none waits behind this one.
+                    reason = exc.message if isinstance(exc, MlflowRejected) else str(exc)
                     rejected += len(batch.metrics)
-                    refused.append(f"run {batch.run.run_name or batch.run.instance_id}: {exc.message}")
+                    refused.append(f"run {batch.run.run_name or batch.run.instance_id}: {reason}")
                     self.report(
-                        f"rejected:{batch.run}:{exc.message}",
+                        f"rejected:{batch.run}:{reason}",
                         "tracelet receiver: MLflow refused the points of run %s as a whole; they are dropped: %s",
                         batch.run.run_name or batch.run.instance_id,
-                        exc.message,
+                        reason,
                     )
         except Exception as exc:
             # Nothing of this request counts as sent: params and tags go again with the retry.

@@ -420,3 +420,18 @@ def _raw_exchange(receiver: Receiver, request: bytes, shut_write: bool = True) -
                 break
             answer += chunk
         return answer
+
+
+def test_a_deleted_experiment_is_refused_alone_and_the_rest_of_the_request_lands(
+    receiver: Receiver, reader: MlflowReader, experiment: str
+) -> None:
+    deleted = f"{experiment}-deleted"
+    reader.client.delete_experiment(reader.client.create_experiment(deleted))
+    request = sdk_request(deleted, [("loss", 0.5, 0), ("loss", 0.25, 1)])
+    request.resource_metrics.extend(sdk_request(experiment, [("loss", 0.5, 0)]).resource_metrics)
+    response = requests.post(receiver.url, data=request.SerializeToString(), headers=PROTOBUF, timeout=60)
+    assert response.status_code == 200
+    answer = ExportMetricsServiceResponse.FromString(response.content)
+    assert answer.partial_success.rejected_data_points == 2
+    assert "is deleted; restore it" in answer.partial_success.error_message
+    assert [row[0] for row in reader.history(reader.only_run(experiment).info.run_id, "receiver/loss")] == [0]

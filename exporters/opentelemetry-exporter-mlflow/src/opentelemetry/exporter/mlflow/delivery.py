@@ -63,6 +63,14 @@ class MlflowCredentialsRefused(MlflowUnavailable):
     """
 
 
+class MlflowExperimentDeleted(MlflowUnavailable):
+    """The experiment a batch names is deleted in MLflow: it can be stored once the experiment is restored.
+
+    The exporter waits (its points are its own); tracelet's receiver refuses that run's points alone,
+    so that one deleted experiment does not hold up every other job's points behind it.
+    """
+
+
 CREDENTIALS_HELP = (
     "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (basic auth) or MLFLOW_TRACKING_TOKEN (bearer token) "
     "to credentials this server accepts"
@@ -671,7 +679,7 @@ class MlflowWriter:
                     raise
                 found, active = transport.experiment(name)
         if not active:
-            raise MlflowUnavailable(
+            raise MlflowExperimentDeleted(
                 f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore) or delete it "
                 "for good (mlflow gc) so that its points can be stored"
             )
