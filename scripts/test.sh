@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: Python packages, the pinned OpenTelemetry Collector
 # (built once and cached outside the repository), Debian's Prometheus and Chromium (the test
-# that looks at runs in MLflow's web UI), then lint and pytest.
+# that looks at runs in MLflow's web UI), then lint, the SDK compatibility tests against the lowest
+# and the newest supported opentelemetry-sdk (scripts/test-sdk-versions.sh, whole-suite runs only:
+# with arguments, only what they name runs) and pytest.
 # Every server the tests use (mlflow server, collector, Prometheus, tracelet's receiver) is
 # started by the tests themselves on 127.0.0.1 and stopped by its PID.
 set -euo pipefail
@@ -14,4 +16,7 @@ scripts/install-chromium.sh >/dev/null
 bin="$(dirname "$python")"
 "$bin/ruff" check .
 "$bin/ruff" format --check .
+if [[ $# -eq 0 ]]; then
+    scripts/test-sdk-versions.sh "$python"
+fi
 exec "$python" -m pytest "$@"

@@ -1,4 +1,9 @@
-"""``start_logging`` / ``stop_logging``: one active experiment per process."""
+"""``start_logging`` / ``stop_logging``: one active experiment per process.
+
+This module owns the record of which experiment is active: an experiment it starts tells it when
+it stops (however it stops: ``stop_logging``, ``exp.stop()``, a ``with`` block, exit) through the
+callback it is given, so :mod:`tracelet.core.experiment` never imports this module.
+"""
 
 from __future__ import annotations
 
@@ -45,7 +50,7 @@ def start_logging(
                 _active.name,
             )
             stop_logging()
-        experiment = Experiment(resolved).start()  # stops itself at exit if nothing else does
+        experiment = Experiment(resolved, on_stop=_forget).start()  # stops itself at exit if nothing else does
         _active = experiment
     return experiment
 
@@ -65,6 +70,7 @@ def get_active_experiment() -> Experiment | None:
 
 
 def _forget(experiment: Experiment) -> None:
+    """An experiment stopped: it is no longer the active one (if it was)."""
     global _active
     with _lock:
         if _active is experiment:

@@ -470,7 +470,7 @@ class OtlpTarget:
         return f"OTLP {self.url}"
 
     def export(self, flats: list[Flat]) -> None:
-        from opentelemetry.sdk.metrics._internal.exemplar import Exemplar  # noqa: PLC0415
+        from opentelemetry.sdk.metrics import Exemplar  # noqa: PLC0415
         from opentelemetry.sdk.metrics.export import (  # noqa: PLC0415
             Gauge,
             Metric,

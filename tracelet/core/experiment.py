@@ -15,48 +15,32 @@ import operator
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from opentelemetry.metrics import _Gauge as Gauge
 from opentelemetry.sdk.metrics import MeterProvider
 
 from opentelemetry.exporter.mlflow.mapping import EXPERIMENT_NAME, RUN_NAME, RUN_TAG, SERVICE_NAME, TAG_NAME, TAG_VALUE
-from opentelemetry.instrumentation.tensorboard import lifecycle
+from opentelemetry.instrumentation.tensorboard import _sdk_compat, lifecycle
+from opentelemetry.instrumentation.tensorboard._sdk_compat import ApiGauge as Gauge
 from opentelemetry.instrumentation.tensorboard.capture import Recorder
 from opentelemetry.instrumentation.tensorboard.capture import flatten_params as _flatten
 from opentelemetry.instrumentation.tensorboard.reservoir import TensorBoardView
-from tracelet import __version__
+from tracelet._version import __version__
 from tracelet.core.pipeline import Pipeline, borrowed_provider, build
+from tracelet.frameworks.pytorch import PyTorchFramework
 from tracelet.settings import TraceletSettings
-
-if TYPE_CHECKING:
-    from tracelet.frameworks.pytorch import PyTorchFramework
 
 _logger = logging.getLogger(__name__)
 
 METER = "tracelet"
 
-
-class _ScopesKeepApart(logging.Filter):
-    """Drops the SDK's warning that the tensorboard View matches ``tensorboard.scalar`` in two meters.
-
-    The SDK compares stream names across instrumentation scopes; the experiment's meter and the
-    TensorBoard instrumentation's export separate scopes, and the mapping reads both.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args if isinstance(record.args, tuple) else ()
-        return not (
-            str(record.msg).startswith("Views %s and %s will cause conflicting")
-            and all(isinstance(view, TensorBoardView) for view in args)
-        )
-
-
-logging.getLogger("opentelemetry.sdk.metrics._internal.metric_reader_storage").addFilter(_ScopesKeepApart())
+# The experiment's meter and the TensorBoard instrumentation's both have ``tensorboard.scalar``
+# under the tensorboard View; their scopes keep them apart and the mapping reads both.
+_sdk_compat.quiet_view_conflicts(TensorBoardView)
 
 
 @dataclass
@@ -90,8 +74,12 @@ class Experiment:
     (KILLED for Ctrl-C).
     """
 
-    def __init__(self, settings: TraceletSettings | None = None) -> None:
+    def __init__(
+        self, settings: TraceletSettings | None = None, *, on_stop: Callable[[Experiment], object] | None = None
+    ) -> None:
+        """``on_stop`` is called with the experiment once it stops (``start_logging`` forgets it then)."""
         self.settings = settings if settings is not None else TraceletSettings()
+        self._on_stop = on_stop
         self._frameworks: dict[str, PyTorchFramework] = {}
         self._attached: list[PyTorchFramework] = []
         self._pipeline: Pipeline | None = None
@@ -105,8 +93,6 @@ class Experiment:
         """Builds the pipeline (or joins the one ``opentelemetry-instrument`` set up) and starts capture."""
         if self._running:
             return self
-        from tracelet.frameworks.pytorch import PyTorchFramework  # noqa: PLC0415
-
         borrowed = borrowed_provider()
         if borrowed is not None:
             self._pipeline = Pipeline(borrowed, owned=False)
@@ -138,13 +124,12 @@ class Experiment:
         self._stop("FAILED" if failed else None)
 
     def _stop(self, status: str | None) -> None:
-        from tracelet.api import _forget  # noqa: PLC0415
-
         if not self._running:
             return
         self._running = False
         atexit.unregister(self.stop)
-        _forget(self)
+        if self._on_stop is not None:
+            self._on_stop(self)
         for framework in reversed(self._attached):
             self._attempt("stop TensorBoard capture", framework.stop_tracking)
         pipeline, instruments = self._pipeline, self._instruments

@@ -33,7 +33,7 @@ from opentelemetry.exporter.mlflow.mapping import (
     WORLD_SIZE,
 )
 from opentelemetry.exporter.mlflow.resource import MlflowResourceDetector
-from opentelemetry.instrumentation.tensorboard import TensorBoardInstrumentor, export_process
+from opentelemetry.instrumentation.tensorboard import TensorBoardInstrumentor, _sdk_compat, export_process
 from opentelemetry.instrumentation.tensorboard.configurator import console_json, default_service_name, meter_provider
 from opentelemetry.instrumentation.tensorboard.export_process import ProcessMetricExporter
 from opentelemetry.instrumentation.tensorboard.reservoir import has_views
@@ -54,7 +54,8 @@ class Pipeline:
 
     @property
     def resource(self) -> dict[str, Any]:
-        return dict(self.provider._sdk_config.resource.attributes)
+        resource = _sdk_compat.provider_resource(self.provider)
+        return dict(resource.attributes) if resource is not None else {}
 
     def close(self, timeout_millis: float = 20_000) -> None:
         """Exports what is left; shuts an owned provider down (the MLflow exporter then ends the run).

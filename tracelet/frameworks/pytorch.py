@@ -4,15 +4,47 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+from opentelemetry.metrics import MeterProvider
 
 from opentelemetry.instrumentation.tensorboard import TensorBoardInstrumentor
 from opentelemetry.instrumentation.tensorboard.capture import attribute_value as _plain
 
-if TYPE_CHECKING:
-    from tracelet.core.experiment import Experiment
-
 _logger = logging.getLogger(__name__)
+
+
+class BoundExperiment(Protocol):
+    """What a framework uses of the experiment it is bound to; :class:`tracelet.Experiment` is one.
+
+    Written out here so that frameworks depend on this interface, not on the experiment module,
+    which makes the frameworks (the experiment imports this module, never the other way round).
+    """
+
+    @property
+    def name(self) -> str | None: ...
+
+    @property
+    def is_running(self) -> bool: ...
+
+    @property
+    def _meter_provider(self) -> MeterProvider:
+        """The provider TensorBoard capture records into."""
+        ...
+
+    def log_metric(self, name: str, value: float, iteration: int | None = None) -> None: ...
+
+    def _record(self, name: str, value: Any, iteration: Any, extra: Mapping[str, Any] | None) -> None:
+        """Records one point with per-point attributes ``extra``."""
+        ...
+
+    def _attach(self, framework: PyTorchFramework) -> None:
+        """Stops ``framework`` with the experiment."""
+        ...
+
+    def _stop_tensorboard_capture(self) -> None:
+        """Ends the TensorBoard capture the experiment's frameworks started."""
+        ...
 
 
 class PyTorchFramework:
@@ -31,10 +63,10 @@ class PyTorchFramework:
 
     def __init__(self, patch_tensorboard: bool = True) -> None:
         self.patch_tensorboard = patch_tensorboard
-        self._experiment: Experiment | None = None
+        self._experiment: BoundExperiment | None = None
         self._instrumented = False
 
-    def initialize(self, experiment: Experiment) -> None:
+    def initialize(self, experiment: BoundExperiment) -> None:
         """Binds the framework to ``experiment``; stopping the experiment stops this framework too.
 
         With ``patch_tensorboard=False`` the experiment stops capturing TensorBoard (what was
@@ -95,7 +127,7 @@ class PyTorchFramework:
                 extra[str(key)] = _plain(item)
         self._bound("log_enhanced_metric")._record(name, value, iteration, extra)
 
-    def _bound(self, what: str) -> Experiment:
+    def _bound(self, what: str) -> BoundExperiment:
         if self._experiment is None:
             raise RuntimeError(f"PyTorchFramework.{what}(): call initialize(experiment) first")
         return self._experiment

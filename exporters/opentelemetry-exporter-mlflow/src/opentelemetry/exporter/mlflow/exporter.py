@@ -31,7 +31,6 @@ from opentelemetry.sdk.metrics import (
     ObservableGauge,
     ObservableUpDownCounter,
     UpDownCounter,
-    _Gauge,
 )
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -41,14 +40,30 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 from opentelemetry.exporter.mlflow.delivery import check_tracking_uri, default_tracking_uri
+from opentelemetry.exporter.mlflow.environment_variables import (
+    OTEL_EXPORTER_MLFLOW_EXPORT_TIMEOUT,
+    OTEL_EXPORTER_MLFLOW_HANDLE_PROCESS_EXIT,
+    OTEL_EXPORTER_MLFLOW_MAX_QUEUE_POINTS,
+    OTEL_EXPORTER_MLFLOW_TIMEOUT,
+)
 from opentelemetry.exporter.mlflow.mapping import SOURCE_TYPE, Mapper
 from opentelemetry.exporter.mlflow.resource import source_attributes
 from opentelemetry.exporter.mlflow.sender import Sender
 from opentelemetry.exporter.mlflow.spool import default_spool_dir
 from opentelemetry.instrumentation.tensorboard import lifecycle
+from opentelemetry.instrumentation.tensorboard._sdk_compat import SdkGauge
+from opentelemetry.instrumentation.tensorboard.environment_variables import (
+    read_flag,
+    read_positive_float,
+    read_positive_int,
+)
 from opentelemetry.instrumentation.tensorboard.export_process import KILLED_GRACE, report_forked
 
 _logger = logging.getLogger(__name__)
+
+MAX_QUEUE_POINTS = 200_000  # the defaults of the arguments and variables of the same names
+EXPORT_TIMEOUT = 30.0  # seconds
+REQUEST_TIMEOUT = 10.0  # seconds
 
 _DELTA = {
     kind: AggregationTemporality.DELTA
@@ -59,7 +74,7 @@ _DELTA = {
         ObservableCounter,
         ObservableUpDownCounter,
         ObservableGauge,
-        _Gauge,
+        SdkGauge,
     )
 }
 
@@ -75,20 +90,27 @@ def _source_tags() -> dict[str, str]:
 class MlflowMetricExporter(MetricExporter):
     """Writes TensorBoard points captured by OpenTelemetry into MLflow runs, each exactly once.
 
+    Each argument not given is read from the environment (:mod:`.environment_variables`), so a
+    zero-code job can set what code can.
+
     Args:
         tracking_uri: MLflow tracking URI; default ``MLFLOW_TRACKING_URI``, else
             ``sqlite:///mlflow.db`` in the working directory (MLflow 3's default).
         experiment_name: experiment for points whose resource names none; default
             ``MLFLOW_EXPERIMENT_NAME``.
         run_id: existing run to write into; default ``MLFLOW_RUN_ID``.
-        spool_dir: where undeliverable points wait on disk; default ``TRACELET_SPOOL_DIR``, else
-            ``~/.cache/tracelet/spool``.
-        max_queue_points: points kept in memory before the oldest go to the spool.
-        export_timeout: seconds shutdown waits for delivery before spooling the rest.
-        request_timeout: seconds one MLflow request may take before it is retried.
+        spool_dir: where undeliverable points wait on disk; default ``OTEL_EXPORTER_MLFLOW_SPOOL_DIR``
+            (or its alias ``TRACELET_SPOOL_DIR``), else ``~/.cache/tracelet/spool``.
+        max_queue_points: points kept in memory before the oldest go to the spool; default
+            ``OTEL_EXPORTER_MLFLOW_MAX_QUEUE_POINTS``, else 200,000.
+        export_timeout: seconds shutdown waits for delivery before spooling the rest; default
+            ``OTEL_EXPORTER_MLFLOW_EXPORT_TIMEOUT`` (milliseconds), else 30.
+        request_timeout: seconds one MLflow request may take before it is retried; default
+            ``OTEL_EXPORTER_MLFLOW_TIMEOUT`` (milliseconds), else 10.
         experiment_id: experiment (by id) when neither the resource nor ``experiment_name`` names
             one; default ``MLFLOW_EXPERIMENT_ID``, else MLflow's default experiment.
-        handle_process_exit: chain ``sys.excepthook`` (FAILED) and handle SIGTERM (KILLED).
+        handle_process_exit: chain ``sys.excepthook`` (FAILED) and handle SIGTERM (KILLED); default
+            ``OTEL_EXPORTER_MLFLOW_HANDLE_PROCESS_EXIT``, else true.
     """
 
     def __init__(
@@ -97,14 +119,22 @@ class MlflowMetricExporter(MetricExporter):
         experiment_name: str | None = None,
         run_id: str | None = None,
         spool_dir: str | os.PathLike[str] | None = None,
-        max_queue_points: int = 200_000,
-        export_timeout: float = 30.0,
-        request_timeout: float = 10.0,
+        max_queue_points: int | None = None,
+        export_timeout: float | None = None,
+        request_timeout: float | None = None,
         experiment_id: str | None = None,
-        handle_process_exit: bool = True,
+        handle_process_exit: bool | None = None,
         preferred_aggregation: dict | None = None,
     ) -> None:
         super().__init__(preferred_temporality=dict(_DELTA), preferred_aggregation=preferred_aggregation)
+        if max_queue_points is None:
+            max_queue_points = read_positive_int(OTEL_EXPORTER_MLFLOW_MAX_QUEUE_POINTS, MAX_QUEUE_POINTS)
+        if export_timeout is None:
+            export_timeout = read_positive_float(OTEL_EXPORTER_MLFLOW_EXPORT_TIMEOUT, EXPORT_TIMEOUT * 1000) / 1000
+        if request_timeout is None:
+            request_timeout = read_positive_float(OTEL_EXPORTER_MLFLOW_TIMEOUT, REQUEST_TIMEOUT * 1000) / 1000
+        if handle_process_exit is None:
+            handle_process_exit = read_flag(OTEL_EXPORTER_MLFLOW_HANDLE_PROCESS_EXIT, True)
         if isinstance(max_queue_points, bool) or not isinstance(max_queue_points, int) or max_queue_points < 1:
             raise ValueError(f"max_queue_points must be a positive integer, got {max_queue_points!r}")
         for name, value in (("export_timeout", export_timeout), ("request_timeout", request_timeout)):

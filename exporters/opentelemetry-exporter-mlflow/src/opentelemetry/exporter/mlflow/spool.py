@@ -50,7 +50,9 @@ from opentelemetry.exporter.mlflow.delivery import (
     default_tracking_uri,
     public_uri,
 )
+from opentelemetry.exporter.mlflow.environment_variables import OTEL_EXPORTER_MLFLOW_SPOOL_DIR, SPOOL_DIR_ALIAS
 from opentelemetry.exporter.mlflow.mapping import RunBatch, RunKey
+from opentelemetry.instrumentation.tensorboard.environment_variables import read_text
 
 try:
     import fcntl
@@ -65,8 +67,9 @@ SYNC_SECONDS = 1.0  # the journal is fsync'd at most this often: a power loss co
 
 
 def default_spool_dir() -> Path:
-    """``$TRACELET_SPOOL_DIR``, else ``$XDG_CACHE_HOME/tracelet/spool`` (``~/.cache/tracelet/spool``)."""
-    configured = os.environ.get("TRACELET_SPOOL_DIR", "").strip()
+    """``$OTEL_EXPORTER_MLFLOW_SPOOL_DIR`` (or its alias ``$TRACELET_SPOOL_DIR``), else
+    ``$XDG_CACHE_HOME/tracelet/spool`` (``~/.cache/tracelet/spool``)."""
+    configured = read_text(OTEL_EXPORTER_MLFLOW_SPOOL_DIR, SPOOL_DIR_ALIAS)
     if configured:
         return Path(configured).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME", "").strip() or "~/.cache"

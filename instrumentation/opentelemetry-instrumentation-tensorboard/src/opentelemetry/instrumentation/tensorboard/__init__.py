@@ -7,8 +7,7 @@ of them, as OpenTelemetry metrics, with no change to the script.
 Usage::
 
     from opentelemetry.instrumentation.tensorboard import TensorBoardInstrumentor, views
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics._internal.exemplar import AlwaysOnExemplarFilter
+    from opentelemetry.sdk.metrics import AlwaysOnExemplarFilter, MeterProvider
 
     provider = MeterProvider(metric_readers=[...], views=views(),
                              exemplar_filter=AlwaysOnExemplarFilter())
@@ -67,6 +66,9 @@ Behaviour worth knowing:
   (post-import hooks), so ``opentelemetry-instrument`` does not load torch before the script does;
 - points wait in a bounded queue and become measurements when a reader collects, off the training
   thread; a forked child (a DataLoader worker) starts with an empty queue.
+
+Settings are the ``OTEL_PYTHON_TENSORBOARD_*`` variables of :mod:`.environment_variables`; the
+OpenTelemetry SDK internals this package needs are all in :mod:`._sdk_compat`.
 """
 
 from __future__ import annotations
@@ -191,7 +193,7 @@ class TensorBoardInstrumentor(BaseInstrumentor):
         if has_views(provider) is False:
             _logger.warning(
                 "tensorboard: the MeterProvider has no tensorboard View; only the last value per "
-                "collection survives. Build it with views=opentelemetry.instrumentation.tensorboard.reservoir() "
+                "collection survives. Build it with views=opentelemetry.instrumentation.tensorboard.views() "
                 "and the always_on exemplar filter, or run under opentelemetry-instrument with "
                 "OTEL_PYTHON_CONFIGURATOR=tensorboard"
             )

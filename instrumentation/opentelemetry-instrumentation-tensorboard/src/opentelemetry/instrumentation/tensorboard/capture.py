@@ -29,9 +29,9 @@ from typing import Any, overload
 
 from opentelemetry.context import Context, get_current, get_value, set_value
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
-from opentelemetry.sdk.metrics._internal.exemplar import Exemplar
+from opentelemetry.sdk.metrics import Exemplar
 
-from opentelemetry.instrumentation.tensorboard import lifecycle
+from opentelemetry.instrumentation.tensorboard import _sdk_compat, lifecycle
 from opentelemetry.instrumentation.tensorboard.writer_names import WriterNames
 
 SCALAR = "tensorboard.scalar"
@@ -158,22 +158,18 @@ class _Once:
 warn_once = _Once().warn
 
 
-def _measure(instrument: Any) -> Any:
-    """The SDK's measurement entry point behind ``instrument``, or ``None``.
+def _measure(instrument: Any) -> _sdk_compat.Measure | None:
+    """The SDK's measurement entry point behind ``instrument``, or ``None`` (then ``set`` is used).
 
     The API's ``set`` drops NaN and infinities (a NaN loss is the point a user most needs to see)
-    and stamps the current time; handing a ``Measurement`` to the SDK's consumer keeps both.
+    and stamps the current time; :func:`._sdk_compat.measurement_sink` keeps both. An SDK whose
+    internals moved is reported once, naming its version, rather than losing NaN silently.
     """
-    real = getattr(instrument, "_real_instrument", None) or instrument  # API proxy before the SDK
-    consumer = getattr(real, "_measurement_consumer", None)
-    if consumer is None:
+    try:
+        return _sdk_compat.measurement_sink(instrument)
+    except _sdk_compat.UnsupportedSdkError as exc:
+        warn_once("sdk-measure", "%s: %s; series whose last value is NaN or infinite are skipped", SCALAR, exc)
         return None
-    from opentelemetry.sdk.metrics._internal.measurement import Measurement  # noqa: PLC0415
-
-    def measure(value: float, time_unix_nano: int, attributes: Mapping[str, Any], context: Context) -> None:
-        consumer.consume_measurement(Measurement(value, time_unix_nano, real, context, attributes))
-
-    return measure
 
 
 class Recorder:

@@ -2,7 +2,7 @@
 
 The SDK's stock configurator builds the ``MeterProvider`` without Views and with the
 ``trace_based`` exemplar filter, so only the last value per collection would survive. This
-configurator builds it with :func:`~opentelemetry.instrumentation.tensorboard.reservoir` and the
+configurator builds it with :func:`~opentelemetry.instrumentation.tensorboard.reservoir.views` and the
 ``always_on`` filter, and runs each push exporter chosen by ``OTEL_METRICS_EXPORTER`` (but the
 console's) in a helper process (:mod:`~opentelemetry.instrumentation.tensorboard.export_process`),
 collecting every half second unless ``OTEL_METRIC_EXPORT_INTERVAL`` says otherwise (what a killed
@@ -29,10 +29,10 @@ from opentelemetry.environment_variables import (
     OTEL_TRACES_EXPORTER,
 )
 from opentelemetry.instrumentation.distro import BaseDistro
+from opentelemetry.instrumentation.environment_variables import OTEL_PYTHON_CONFIGURATOR
 from opentelemetry.metrics import set_meter_provider
-from opentelemetry.sdk import _configuration
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics._internal.exemplar import AlwaysOnExemplarFilter
+from opentelemetry.sdk.environment_variables import OTEL_EXPERIMENTAL_RESOURCE_DETECTORS
+from opentelemetry.sdk.metrics import AlwaysOnExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
     MetricReader,
@@ -40,11 +40,8 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 
-from opentelemetry.instrumentation.tensorboard import export_process
+from opentelemetry.instrumentation.tensorboard import _sdk_compat, export_process
 from opentelemetry.instrumentation.tensorboard.reservoir import views
-
-_DETECTORS = "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS"
-OTEL_PYTHON_CONFIGURATOR = "OTEL_PYTHON_CONFIGURATOR"
 
 
 def meter_provider(readers: list[MetricReader], resource: Any = None, **kwargs: Any) -> MeterProvider:
@@ -83,6 +80,7 @@ def _init_metrics(
     exporter_args_map: dict | None = None,
     meter_configurator: Any = None,
 ) -> None:
+    """The stock configurator's ``_init_metrics`` (same parameters), plus the Views, filter and export process."""
     readers: list[MetricReader] = []
     for cls in exporters_or_readers.values():
         args = (exporter_args_map or {}).get(cls, {})
@@ -96,7 +94,7 @@ def _init_metrics(
             exporter = export_process.ProcessMetricExporter(cls, args)
             interval = export_process.interval_millis()
             readers.append(PeriodicExportingMetricReader(exporter, export_interval_millis=interval))
-    set_meter_provider(meter_provider(readers, resource, _meter_configurator=meter_configurator))
+    set_meter_provider(meter_provider(readers, resource, **_sdk_compat.meter_configurator_option(meter_configurator)))
 
 
 def default_service_name() -> str | None:
@@ -107,19 +105,15 @@ def default_service_name() -> str | None:
     return script or None
 
 
-class TensorBoardConfigurator(_configuration._OTelSDKConfigurator):
+class TensorBoardConfigurator(_sdk_compat.sdk_configurator_class()):  # type: ignore[misc]
     """The SDK configurator, with a ``MeterProvider`` that keeps every point."""
 
     def _configure(self, **kwargs: Any) -> None:
         name = default_service_name()
         if name:
             kwargs.setdefault("resource_attributes", {}).setdefault("service.name", name)
-        stock = _configuration._init_metrics
-        _configuration._init_metrics = _init_metrics
-        try:
+        with _sdk_compat.stock_metrics_replaced_by(_init_metrics):
             super()._configure(**kwargs)
-        finally:
-            _configuration._init_metrics = stock
 
 
 class TensorBoardDistro(BaseDistro):
@@ -136,8 +130,8 @@ class TensorBoardDistro(BaseDistro):
         os.environ.setdefault("OTEL_METRICS_EXEMPLAR_FILTER", "always_on")
         # Resource detectors other packages register for training jobs (e.g. the MLflow exporter's
         # run mapping) are switched on when installed.
-        if _DETECTORS not in os.environ:
+        if OTEL_EXPERIMENTAL_RESOURCE_DETECTORS not in os.environ:
             names = {ep.name for ep in entry_points(group="opentelemetry_resource_detector")}
             extra = [name for name in ("mlflow",) if name in names]
             if extra:
-                os.environ[_DETECTORS] = ",".join(extra)
+                os.environ[OTEL_EXPERIMENTAL_RESOURCE_DETECTORS] = ",".join(extra)

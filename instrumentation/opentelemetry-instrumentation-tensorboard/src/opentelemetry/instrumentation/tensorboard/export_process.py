@@ -58,16 +58,21 @@ from contextlib import suppress
 from typing import IO, Any
 
 from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk.environment_variables import OTEL_METRIC_EXPORT_INTERVAL
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from opentelemetry.instrumentation.tensorboard import lifecycle
+from opentelemetry.instrumentation.tensorboard import _sdk_compat, lifecycle
 from opentelemetry.instrumentation.tensorboard.capture import SCALAR, warn_once
+from opentelemetry.instrumentation.tensorboard.environment_variables import (
+    OTEL_PYTHON_TENSORBOARD_EXPORT_PROCESS,
+    read_flag,
+)
 
 _logger = logging.getLogger(__name__)
 
-EXPORT_PROCESS_ENV = "OTEL_PYTHON_TENSORBOARD_EXPORT_PROCESS"
+EXPORT_PROCESS_ENV = OTEL_PYTHON_TENSORBOARD_EXPORT_PROCESS  # the name this module has always exported
 HANDOFF_INTERVAL = 0.5  # seconds between two collections handed to the helper, unless configured
 KILLED_GRACE = 10.0  # seconds the helper exports after its parent was killed; then it shuts the exporter down
 _HEADER = struct.Struct(">I")
@@ -76,7 +81,7 @@ _AUTO_INSTRUMENTATION = os.path.join("opentelemetry", "instrumentation", "auto_i
 
 def enabled() -> bool:
     """Whether push exporters go to a helper process (``OTEL_PYTHON_TENSORBOARD_EXPORT_PROCESS``, default true)."""
-    return os.environ.get(EXPORT_PROCESS_ENV, "true").strip().lower() not in ("0", "false", "no", "off")
+    return read_flag(OTEL_PYTHON_TENSORBOARD_EXPORT_PROCESS, True)
 
 
 def interval_millis(configured: float | None = None) -> float | None:
@@ -87,7 +92,7 @@ def interval_millis(configured: float | None = None) -> float | None:
     """
     if configured is not None:
         return configured
-    if os.environ.get("OTEL_METRIC_EXPORT_INTERVAL", "").strip():
+    if os.environ.get(OTEL_METRIC_EXPORT_INTERVAL, "").strip():
         return None
     return HANDOFF_INTERVAL * 1000
 
@@ -145,11 +150,9 @@ class ProcessMetricExporter(MetricExporter):
     def __init__(self, exporter_class: type[MetricExporter], kwargs: Mapping[str, Any] | None = None) -> None:
         self._kwargs = dict(kwargs or {})
         self._local = exporter_class(**self._kwargs)
-        # What the reader reads off any exporter to know what to collect (the SDK has no public getter).
-        super().__init__(
-            preferred_temporality=self._local._preferred_temporality,
-            preferred_aggregation=self._local._preferred_aggregation,
-        )
+        # The reader collects what the real exporter prefers (the MLflow exporter: DELTA).
+        temporality, aggregation = _sdk_compat.exporter_preferences(self._local)
+        super().__init__(preferred_temporality=temporality, preferred_aggregation=aggregation)
         self._target = f"{exporter_class.__module__}:{exporter_class.__qualname__}"
         self._pid = os.getpid()
         self._proc: subprocess.Popen[bytes] | None = None

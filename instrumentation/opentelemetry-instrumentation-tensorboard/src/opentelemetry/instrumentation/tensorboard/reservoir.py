@@ -17,18 +17,16 @@ exemplars.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry.context import Context
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics._internal.exemplar import Exemplar, ExemplarReservoir
+from opentelemetry.sdk.metrics import Exemplar, ExemplarReservoir, MeterProvider
 from opentelemetry.sdk.metrics.view import View
 from opentelemetry.util.types import Attributes
 
-from opentelemetry.instrumentation.tensorboard import lifecycle
+from opentelemetry.instrumentation.tensorboard import _sdk_compat, lifecycle
 from opentelemetry.instrumentation.tensorboard.capture import (
     LOG_DIR,
     SCALAR,
@@ -38,11 +36,25 @@ from opentelemetry.instrumentation.tensorboard.capture import (
     block_of,
     warn_once,
 )
+from opentelemetry.instrumentation.tensorboard.environment_variables import (
+    OTEL_PYTHON_TENSORBOARD_MAX_POINTS,
+    read_positive_int,
+)
 
 SERIES_KEYS = frozenset({TAG, LOG_DIR, WRITER})
 
 # A reader that never collects (a Prometheus endpoint nobody scrapes) must not hold points forever.
-MAX_POINTS = int(os.environ.get("OTEL_PYTHON_TENSORBOARD_MAX_POINTS", "1000000"))
+DEFAULT_MAX_POINTS = 1_000_000
+MAX_POINTS: int | None = None
+"""Points of one series a reader keeps between two collections, when set in code; ``None`` (the
+default) reads ``OTEL_PYTHON_TENSORBOARD_MAX_POINTS``, else :data:`DEFAULT_MAX_POINTS`."""
+
+
+def max_points() -> int:
+    """The per-series bound of a new reservoir (see :data:`MAX_POINTS`), read when a series first appears."""
+    if MAX_POINTS is not None:
+        return MAX_POINTS
+    return read_positive_int(OTEL_PYTHON_TENSORBOARD_MAX_POINTS, DEFAULT_MAX_POINTS)
 
 
 class KeepAllExemplarReservoir(ExemplarReservoir):
@@ -59,12 +71,13 @@ class KeepAllExemplarReservoir(ExemplarReservoir):
         self._blocks: list[ScalarBlock] = []
         self._offered: list[tuple[float, int, Attributes]] = []
         self._kept = 0
+        self._max = max_points()
         lifecycle.reset_in_forked_child(self)
 
     def offer(self, value: float, time_unix_nano: int, attributes: Attributes, context: Context) -> None:
         block = block_of(context)
         with self._lock:
-            room = MAX_POINTS - self._kept
+            room = self._max - self._kept
             if block is None and room > 0:
                 self._kept += 1
                 self._offered.append((value, time_unix_nano, attributes))
@@ -83,7 +96,7 @@ class KeepAllExemplarReservoir(ExemplarReservoir):
             "for it (a Prometheus endpoint keeps last values only; collect or scrape more often, "
             "or raise OTEL_PYTHON_TENSORBOARD_MAX_POINTS)",
             SCALAR,
-            MAX_POINTS,
+            self._max,
         )
 
     def collect(self, point_attributes: Attributes) -> Sequence[Exemplar]:
@@ -136,6 +149,5 @@ def has_views(provider: object) -> bool | None:
     """Whether an SDK ``MeterProvider`` was built with :func:`views` (``None``: cannot tell)."""
     if not isinstance(provider, MeterProvider):
         return None
-    config = getattr(provider, "_sdk_config", None)
-    found: Sequence[View] = getattr(config, "views", ()) or ()
-    return any(isinstance(view, TensorBoardView) for view in found)
+    found = _sdk_compat.provider_views(provider)
+    return None if found is None else any(isinstance(view, TensorBoardView) for view in found)
