@@ -42,6 +42,10 @@ class TraceletSettings(BaseSettings):
         "helper process, so a killed job loses at most that; 5 in process and for the console)",
     )
     patch_tensorboard: bool = Field(True, description="capture SummaryWriter calls")
+    system_metrics: bool = Field(
+        False, description="also sample process, host and GPU metrics into the same backends (system/... in MLflow)"
+    )
+    system_metrics_interval: float = Field(10.0, gt=0, description="seconds between two system metric samples")
 
     @field_validator("tracking_uri")
     @classmethod

@@ -24,7 +24,7 @@ from typing import Any
 from opentelemetry.sdk.metrics import MeterProvider
 
 from opentelemetry.exporter.mlflow.mapping import EXPERIMENT_NAME, RUN_NAME, RUN_TAG, SERVICE_NAME, TAG_NAME, TAG_VALUE
-from opentelemetry.instrumentation.tensorboard import _sdk_compat, lifecycle
+from opentelemetry.instrumentation.tensorboard import _sdk_compat, lifecycle, system_metrics
 from opentelemetry.instrumentation.tensorboard._sdk_compat import ApiGauge as Gauge
 from opentelemetry.instrumentation.tensorboard.capture import Recorder
 from opentelemetry.instrumentation.tensorboard.capture import flatten_params as _flatten
@@ -271,6 +271,9 @@ class Experiment:
             ignored.append(f"project={self.settings.project!r}")
         if self.settings.exp_name and resource.get(RUN_NAME) != self.settings.exp_name:
             ignored.append(f"exp_name={self.settings.exp_name!r}")
+        if self.settings.system_metrics and not system_metrics.enabled():
+            variable = system_metrics.OTEL_PYTHON_TENSORBOARD_SYSTEM_METRICS
+            ignored.append(f"system_metrics=True (for that, set {variable}=true)")
         _logger.warning(
             "tracelet: running under opentelemetry-instrument, which already captures TensorBoard; tracelet logs "
             "into that pipeline (exporter from OTEL_METRICS_EXPORTER, run from its resource) and ignores %s. "

@@ -33,7 +33,12 @@ from opentelemetry.exporter.mlflow.mapping import (
     WORLD_SIZE,
 )
 from opentelemetry.exporter.mlflow.resource import MlflowResourceDetector
-from opentelemetry.instrumentation.tensorboard import TensorBoardInstrumentor, _sdk_compat, export_process
+from opentelemetry.instrumentation.tensorboard import (
+    TensorBoardInstrumentor,
+    _sdk_compat,
+    export_process,
+    system_metrics,
+)
 from opentelemetry.instrumentation.tensorboard.configurator import console_json, default_service_name, meter_provider
 from opentelemetry.instrumentation.tensorboard.export_process import ProcessMetricExporter
 from opentelemetry.instrumentation.tensorboard.reservoir import has_views
@@ -133,7 +138,7 @@ def borrowed_provider() -> MeterProvider | None:
 
 
 def build(settings: TraceletSettings) -> Pipeline:
-    """A new provider with one reader per backend (never set as the global one)."""
+    """A new provider with one reader per backend (never set as the global one), plus the system metrics if asked."""
     pipeline = Pipeline()
     readers: list[MetricReader] = []
     try:
@@ -147,6 +152,15 @@ def build(settings: TraceletSettings) -> Pipeline:
         raise
     # tracelet's own atexit handler shuts the provider down, after draining the captured points.
     pipeline.provider = meter_provider(readers, resource(settings), shutdown_on_exit=False)
+    if settings.system_metrics:
+        try:
+            sampled = system_metrics.start(pipeline.provider, readers, settings.system_metrics_interval)
+        except BaseException:
+            pipeline.provider.shutdown()
+            for close in pipeline.closers:
+                close()
+            raise
+        pipeline.closers.append(sampled.stop)  # after the provider's last collection
     return pipeline
 
 

@@ -56,6 +56,10 @@ Hyperparameters (``tensorboard.hparam`` series)
 
 Run tags (``mlflow.run.tag`` series, an info gauge with ``mlflow.tag.name`` and ``mlflow.tag.value``)
     run tag ``<name>`` = ``str(value)`` (at most 8,000 characters), sent when it changes.
+
+System and GPU samples (the system-metrics meter's ``system.*``, ``process.*``, ``hw.*``)
+    ``system/...`` keys named as MLflow's own system metrics, step = the sample's index, timestamp =
+    the collection time: the table is in :mod:`~opentelemetry.exporter.mlflow.system_keys`.
 """
 
 from __future__ import annotations
@@ -68,6 +72,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.sdk.metrics.export import AggregationTemporality
+
+from opentelemetry.exporter.mlflow.system_keys import READ as SYSTEM_READ
+from opentelemetry.exporter.mlflow.system_keys import SCOPE as SYSTEM_SCOPE
+from opentelemetry.exporter.mlflow.system_keys import Sample, SystemKeys
 from opentelemetry.instrumentation.tensorboard.capture import exemplar_fields
 from opentelemetry.instrumentation.tensorboard.writer_names import components, names_the_run
 
@@ -102,6 +111,8 @@ NOTE_LOG_DIRS = 20  # log dirs the description lists; the tags keep every one
 MAX_KEY = 250
 MAX_PARAM_VALUE = 6000
 MAX_TAG_VALUE = 8000
+
+_DELTA = AggregationTemporality.DELTA  # the same number as OTLP's AGGREGATION_TEMPORALITY_DELTA
 
 _logger = logging.getLogger(__name__)
 _BAD = re.compile(r"[^/\w.\- :]")
@@ -232,6 +243,7 @@ class Mapper:
         self._log_dirs: dict[RunKey, dict[str, str]] = {}  # writer label ("" for none) -> log dir
         self._described: set[RunKey] = set()  # runs whose script sets the description itself
         self._reported: set[str] = set()
+        self._system = SystemKeys()
 
     def key(self, run: RunKey, tag: str, log_dir: str | None, writer: str | None) -> str:
         """The MLflow key of one series in ``run`` (see the module docstring)."""
@@ -271,13 +283,13 @@ class Mapper:
             self._reported.add(what)
             _logger.warning(message, *args)
 
-    def map(self, points: Iterable[Flat]) -> list[RunBatch]:
+    def map(self, points: Iterable[Flat], samples: Iterable[Sample] = ()) -> list[RunBatch]:
+        """The rows of ``points`` (TensorBoard scalars, hparams, run tags) and ``samples`` (system metrics), by run."""
         batches: dict[RunKey, RunBatch] = {}
         runs: dict[int, RunKey] = {}
         alive: list[Mapping[str, Any]] = []  # keeps each resource's id() unique during the walk
-        for resource, name, attributes, value, exemplars in points:
-            if name not in MAPPED:
-                continue
+
+        def batch_of(resource: Mapping[str, Any]) -> RunBatch:
             run = runs.get(id(resource))
             if run is None:
                 run = runs[id(resource)] = run_key(resource, self.default_experiment)
@@ -285,12 +297,23 @@ class Mapper:
             batch = batches.get(run)
             if batch is None:
                 batch = batches[run] = RunBatch(run)
+            return batch
+
+        for resource, name, attributes, value, exemplars in points:
+            if name not in MAPPED:
+                continue
+            batch = batch_of(resource)
             if name == SCALAR:
                 self._scalars(batch, attributes, exemplars)
             elif name == HPARAM:
                 self._hparam(batch, attributes, value)
             else:
                 self._run_tag(batch, attributes)
+        system: dict[RunKey, list[tuple[str, Mapping[str, Any], float, int, str]]] = {}
+        for resource, name, attributes, value, time_unix_nano, kind in samples:
+            system.setdefault(batch_of(resource).run, []).append((name, attributes, value, time_unix_nano, kind))
+        for run, found in system.items():
+            batches[run].metrics.extend(self._system.rows(run, found))
         return [batch for batch in batches.values() if batch]
 
     def _scalars(self, batch: RunBatch, attributes: Mapping[str, Any], exemplars: Iterable[Exemplar]) -> None:
@@ -379,11 +402,11 @@ class Mapper:
 
     def from_sdk(self, data: Any) -> list[RunBatch]:
         """Maps an SDK ``MetricsData`` (what a ``MetricExporter`` receives)."""
-        return self.map(_walk_sdk(data))
+        return self.map(_walk_sdk(data), _samples_sdk(data))
 
     def from_otlp(self, request: Any) -> list[RunBatch]:
         """Maps an OTLP ``ExportMetricsServiceRequest`` protobuf (what the receiver receives)."""
-        return self.map(_walk_otlp(request))
+        return self.map(_walk_otlp(request), _samples_otlp(request))
 
 
 def _text(value: Any) -> str:
@@ -440,3 +463,43 @@ def _walk_otlp(request: Any) -> Iterator[Flat]:
                         (_number(e), e.time_unix_nano, _attributes(e.filtered_attributes)) for e in point.exemplars
                     )
                     yield resource, metric.name, _attributes(point.attributes), _number(point), exemplars
+
+
+def _samples_sdk(data: Any) -> Iterator[Sample]:
+    for resource_metrics in data.resource_metrics:
+        resource: dict[str, Any] | None = None
+        for scope_metrics in resource_metrics.scope_metrics:
+            if scope_metrics.scope.name != SYSTEM_SCOPE:
+                continue
+            if resource is None:
+                resource = dict(resource_metrics.resource.attributes)
+            for metric in scope_metrics.metrics:
+                if metric.name not in SYSTEM_READ:
+                    continue
+                temporality = getattr(metric.data, "aggregation_temporality", None)  # a Sum's; a Gauge has none
+                kind = "gauge" if temporality is None else "delta" if temporality == _DELTA else "cumulative"
+                for point in getattr(metric.data, "data_points", ()):
+                    yield resource, metric.name, point.attributes or {}, point.value, point.time_unix_nano, kind
+
+
+def _samples_otlp(request: Any) -> Iterator[Sample]:
+    for resource_metrics in request.resource_metrics:
+        resource: dict[str, Any] | None = None
+        for scope_metrics in resource_metrics.scope_metrics:
+            if scope_metrics.scope.name != SYSTEM_SCOPE:
+                continue
+            if resource is None:
+                resource = _attributes(resource_metrics.resource.attributes)
+            for metric in scope_metrics.metrics:
+                if metric.name not in SYSTEM_READ:
+                    continue
+                which = metric.WhichOneof("data")
+                if which == "gauge":
+                    kind = "gauge"
+                elif which == "sum":
+                    kind = "delta" if metric.sum.aggregation_temporality == _DELTA else "cumulative"
+                else:
+                    continue
+                for point in getattr(metric, which).data_points:
+                    attributes = _attributes(point.attributes)
+                    yield resource, metric.name, attributes, _number(point), point.time_unix_nano, kind

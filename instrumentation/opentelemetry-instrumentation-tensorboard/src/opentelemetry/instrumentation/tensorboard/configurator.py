@@ -29,7 +29,10 @@ from opentelemetry.environment_variables import (
     OTEL_TRACES_EXPORTER,
 )
 from opentelemetry.instrumentation.distro import BaseDistro
-from opentelemetry.instrumentation.environment_variables import OTEL_PYTHON_CONFIGURATOR
+from opentelemetry.instrumentation.environment_variables import (
+    OTEL_PYTHON_CONFIGURATOR,
+    OTEL_PYTHON_DISABLED_INSTRUMENTATIONS,
+)
 from opentelemetry.metrics import set_meter_provider
 from opentelemetry.sdk.environment_variables import OTEL_EXPERIMENTAL_RESOURCE_DETECTORS
 from opentelemetry.sdk.metrics import AlwaysOnExemplarFilter, MeterProvider
@@ -40,7 +43,7 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 
-from opentelemetry.instrumentation.tensorboard import _sdk_compat, export_process
+from opentelemetry.instrumentation.tensorboard import _sdk_compat, export_process, system_metrics
 from opentelemetry.instrumentation.tensorboard.reservoir import views
 
 
@@ -94,7 +97,10 @@ def _init_metrics(
             exporter = export_process.ProcessMetricExporter(cls, args)
             interval = export_process.interval_millis()
             readers.append(PeriodicExportingMetricReader(exporter, export_interval_millis=interval))
-    set_meter_provider(meter_provider(readers, resource, **_sdk_compat.meter_configurator_option(meter_configurator)))
+    provider = meter_provider(readers, resource, **_sdk_compat.meter_configurator_option(meter_configurator))
+    set_meter_provider(provider)
+    if system_metrics.enabled():
+        system_metrics.start(provider, readers)
 
 
 def default_service_name() -> str | None:
@@ -112,6 +118,13 @@ class TensorBoardConfigurator(_sdk_compat.sdk_configurator_class()):  # type: ig
         name = default_service_name()
         if name:
             kwargs.setdefault("resource_attributes", {}).setdefault("service.name", name)
+        # The system-metrics instrumentation, installed, would be loaded next and sample at every
+        # export (every half second); here it runs only through OTEL_PYTHON_TENSORBOARD_SYSTEM_METRICS,
+        # once per interval (see system_metrics).
+        disabled = [n.strip() for n in os.environ.get(OTEL_PYTHON_DISABLED_INSTRUMENTATIONS, "").split(",")]
+        disabled = [name for name in disabled if name]
+        if "system_metrics" not in disabled:
+            os.environ[OTEL_PYTHON_DISABLED_INSTRUMENTATIONS] = ",".join([*disabled, "system_metrics"])
         with _sdk_compat.stock_metrics_replaced_by(_init_metrics):
             super()._configure(**kwargs)
 
