@@ -53,6 +53,12 @@ def _main(argv: list[str] | None) -> int:
         "--token", default=None, help="require 'Authorization: Bearer TOKEN' (or TRACELET_RECEIVER_TOKEN)"
     )
     receive.add_argument("--max-body", type=_whole(1), default=32 * 1024 * 1024, help="largest request body in bytes")
+    receive.add_argument(
+        "--silence",
+        type=_whole(0),
+        default=3600,
+        help="seconds without points after which a run whose job vanished is ended KILLED (0: never)",
+    )
 
     imports = commands.add_parser(
         "import",
@@ -86,6 +92,7 @@ def _main(argv: list[str] | None) -> int:
         experiment=args.experiment,
         token=args.token,
         max_body=args.max_body,
+        silence=args.silence,
     )
 
 

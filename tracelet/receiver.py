@@ -24,6 +24,14 @@ HTTP contract (OTLP/HTTP, ``POST /v1/metrics``, protobuf or JSON, optionally gzi
 
 Error bodies are a ``google.rpc.Status`` in the request's encoding, as OTLP specifies.
 
+End of run: OTLP carries none, so the TensorBoard instrumentation observes ``tensorboard.run.end``
+(with ``tensorboard.run.status``) in its last collection, and the receiver sets the run's status
+from it, as the in-process exporter does at shutdown. A run whose job vanished without one
+(SIGKILL, out of memory) is ended ``KILLED`` after ``silence`` seconds without points (default one
+hour), at its last point's time; this state is in memory, so a receiver restarted meanwhile leaves
+such a run ``RUNNING`` (``tracelet upload`` of the job's journal ends it too when the job used the
+MLflow exporter). A run attached by id (``mlflow.run.id``) belongs to whoever created it: never ended.
+
 Concurrency: requests are served and written into MLflow in parallel (one thread per connection;
 the collector's ``sending_queue`` sends with several consumers), since a single ``log-batch`` in
 flight leaves both MLflow and the receiver idle half the time. Only the mapping, whose per-run state
@@ -48,6 +56,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -67,7 +76,7 @@ from opentelemetry.exporter.mlflow.delivery import (
     MlflowWriter,
     public_uri,
 )
-from opentelemetry.exporter.mlflow.mapping import Mapper
+from opentelemetry.exporter.mlflow.mapping import Mapper, RunBatch, RunKey
 
 _logger = logging.getLogger(__name__)
 
@@ -76,6 +85,7 @@ PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 MAX_BODY = 32 * 1024 * 1024
 RETRY_AFTER = 2  # seconds the sender waits before retrying while MLflow is unavailable
+SILENCE = 3600.0  # seconds without points after which a run whose job vanished is ended KILLED
 MAX_CONNECTIONS = 256  # open connections at once; more are closed (the file limit stays far away)
 READ_TIMEOUT = 60.0  # seconds a client may take to send the next part of its request
 TOKEN_ENV = "TRACELET_RECEIVER_TOKEN"
@@ -107,6 +117,8 @@ class Receiver:
         token: require ``Authorization: Bearer <token>``; default ``TRACELET_RECEIVER_TOKEN``; empty: none.
         max_body: largest request body in bytes, compressed or not.
         timeout: seconds one MLflow request may take.
+        silence: seconds without points after which a run this receiver wrote, and that did not say
+            it ended, is ended ``KILLED`` (its job vanished: SIGKILL, out of memory, a lost node); 0: never.
     """
 
     def __init__(
@@ -118,11 +130,17 @@ class Receiver:
         token: str | None = None,
         max_body: int = MAX_BODY,
         timeout: float = 10.0,
+        silence: float = SILENCE,
     ) -> None:
         if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1:
             raise ValueError(f"max_body must be a positive number of bytes, got {max_body!r}")
         self.max_body = max_body
         self.timeout = timeout
+        self.silence = silence
+        # Runs written and not ended yet: when their last points came (monotonic s) and their time (ms).
+        self._open_runs: dict[RunKey, tuple[float, int]] = {}
+        self._watcher: threading.Thread | None = None
+        self._stopped = threading.Event()
         self.token = token if token is not None else os.environ.get(TOKEN_ENV, "")
         self.writer = MlflowWriter(tracking_uri, timeout)
         # One mapper for the receiver's lifetime: params and tags go to MLflow once, not per request.
@@ -162,6 +180,7 @@ class Receiver:
 
     def start(self) -> Receiver:
         """Serves on a background thread; returns self."""
+        self._watch()
         if self._thread is None:
             self._thread = threading.Thread(target=self._server.serve_forever, name="tracelet-receiver", daemon=True)
             self._thread.start()
@@ -169,6 +188,7 @@ class Receiver:
 
     def serve_forever(self) -> None:
         """Serves in the calling thread until interrupted, then closes as :meth:`stop` does."""
+        self._watch()
         try:
             self._server.serve_forever()
         finally:
@@ -182,7 +202,34 @@ class Receiver:
             self._thread = None
         self._close()
 
+    def _watch(self) -> None:
+        if self.silence > 0 and self._watcher is None:
+            watcher = threading.Thread(target=self._end_silent_runs, name="tracelet-receiver-silence", daemon=True)
+            self._watcher = watcher
+            watcher.start()
+
+    def _end_silent_runs(self) -> None:
+        """Ends ``KILLED`` the runs that sent nothing for ``silence`` seconds, at their last point's time."""
+        while not self._stopped.wait(min(max(self.silence / 4, 0.05), 60.0)):
+            now = time.monotonic()
+            with self._state:
+                silent = [(run, ms) for run, (seen, ms) in self._open_runs.items() if now - seen >= self.silence]
+            for run, last_ms in silent:
+                try:
+                    self.writer.finish(run, "KILLED", last_ms)
+                except (MlflowUnavailable, MlflowRejected):
+                    continue  # tried again at the next look
+                with self._state:
+                    if self._open_runs.get(run, (now, 0))[0] < now:  # nothing arrived meanwhile
+                        self._open_runs.pop(run, None)
+                _logger.info(
+                    "tracelet receiver: run %s sent nothing for %g s; ended KILLED",
+                    run.run_name or run.instance_id,
+                    self.silence,
+                )
+
     def _close(self) -> None:
+        self._stopped.set()
         with self._state:  # deliveries in progress end (bounded by MLflow's timeout); later ones see _closing
             self._closing = True
             self._state.wait_for(lambda: self._inflight == 0, timeout=2 * self.timeout + 5)
@@ -267,6 +314,7 @@ class Receiver:
         with self._map_lock:
             try:
                 batches = self._mapper.from_otlp(request)
+                ends = self._mapper.run_ends(request)
             except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
                 self._mapper = Mapper(self._mapper.default_experiment)  # may have marked params as sent
                 _logger.error("tracelet receiver: a request could not be mapped to MLflow: %r", exc)
@@ -289,6 +337,9 @@ class Receiver:
                         batch.run.run_name or batch.run.instance_id,
                         reason,
                     )
+            for run, status, end_ms in ends:  # a run given by id belongs to whoever created it
+                if run.run_id is None:
+                    self.writer.finish(run, status, end_ms)
         except Exception as exc:
             # Nothing of this request counts as sent: params and tags go again with the retry.
             with self._map_lock:
@@ -307,11 +358,26 @@ class Receiver:
         if self._unavailable:
             self._unavailable = False
             _logger.info("tracelet receiver: MLflow at %s takes points again", public_uri(self.writer.tracking_uri))
+        self._track(batches, ends)
         with self._state:
             self._delivered[digest] = None
             if len(self._delivered) > _REMEMBERED:
                 self._delivered.popitem(last=False)
         return (rejected, "; ".join(refused)) if refused else None
+
+    def _track(self, batches: list[RunBatch], ends: list[tuple[RunKey, str, int]]) -> None:
+        """Notes when each written run last sent points, and forgets those that ended."""
+        if self.silence <= 0:
+            return
+        now = time.monotonic()
+        with self._state:
+            for batch in batches:
+                if batch.run.run_id is None and batch.metrics:
+                    last = max(timestamp for _key, _value, timestamp, _step in batch.metrics)
+                    previous = self._open_runs.get(batch.run, (0.0, last))[1]
+                    self._open_runs[batch.run] = (now, max(last, previous))
+            for run, _status, _end_ms in ends:
+                self._open_runs.pop(run, None)
 
 
 def _parse(body: bytes, content_type: str) -> ExportMetricsServiceRequest:
@@ -526,9 +592,10 @@ def serve(
     experiment: str | None = None,
     token: str | None = None,
     max_body: int = MAX_BODY,
+    silence: float = SILENCE,
 ) -> int:
     """Runs the receiver until Ctrl-C or SIGTERM (``tracelet receive``); the exit status: 130 after Ctrl-C, else 0."""
-    receiver = Receiver(host, port, tracking_uri, experiment, token, max_body)
+    receiver = Receiver(host, port, tracking_uri, experiment, token, max_body, silence=silence)
     terminated = False
 
     def stop(signum: int, _frame: object) -> None:

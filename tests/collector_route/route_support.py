@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -179,7 +180,8 @@ def assert_same_points(stored: list[tuple[int, float, int]], written: list[tuple
     for (step, value, timestamp), (_, tb_value, wall_time) in zip(stored, written, strict=True):
         # TensorBoard keeps float32; MLflow gets the Python float that was passed to add_scalar.
         assert math.isclose(value, tb_value, rel_tol=2**-23, abs_tol=1e-30), (step, value, tb_value)
-        assert abs(timestamp - wall_time * 1000) < 1, (step, timestamp, wall_time)
+        # The double TensorBoard wrote, floored to the ms exactly (``wall_time * 1000`` in floats can round up).
+        assert timestamp == math.floor(Fraction(wall_time) * 1000), (step, timestamp, wall_time)
 
 
 def assert_paced_run(reader: MlflowReader, experiment: str, steps: int) -> None:

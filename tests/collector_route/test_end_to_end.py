@@ -7,6 +7,7 @@ as its own process, the session's ``mlflow server`` and a Prometheus server scra
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 from route_support import (
@@ -50,6 +51,11 @@ def test_training_script_reaches_mlflow_and_prometheus(
             # MLFLOW_EXPERIMENT_NAME), every point once, with TensorBoard's values and wall times.
             run = reader.only_run(experiment)
             assert run.info.run_name == "train"
+            deadline = time.monotonic() + 60  # the last collection, which says how the run ended, may come last
+            while run.info.status == "RUNNING" and time.monotonic() < deadline:
+                time.sleep(0.2)
+                run = reader.only_run(experiment)
+            assert run.info.status == "FINISHED"
             assert run.data.params["steps"] == str(STEPS)  # exp.log_params -> run params
             assert set(run.data.metrics) == {tag for _, tag in written}  # one generated log dir: no prefix
             for (_, tag), points in written.items():

@@ -43,8 +43,12 @@ def sdk_request(
     points: list[tuple[str, float, int]],
     params: dict[str, Any] | None = None,
     instance: str | None = None,
+    ended: str | None = None,
 ) -> ExportMetricsServiceRequest:
-    """One collection of (tag, value, step) points, point i at T0 + i ms, as the OTLP exporter encodes it."""
+    """One collection of (tag, value, step) points, point i at T0 + i ms, as the OTLP exporter encodes it.
+
+    ``ended``: the collection is the run's last, ending it with that status (``Recorder.end``).
+    """
     reader = InMemoryMetricReader()
     resource = Resource(
         {
@@ -59,6 +63,8 @@ def sdk_request(
         recorder.scalar(tag, value, step, T0 + i / 1000, "runs/receiver")
     if params:
         recorder.hparams(params, None)
+    if ended:
+        recorder.end(ended)
     data = reader.get_metrics_data()
     provider.shutdown()
     return encode_metrics(data)
@@ -435,3 +441,34 @@ def test_a_deleted_experiment_is_refused_alone_and_the_rest_of_the_request_lands
     assert answer.partial_success.rejected_data_points == 2
     assert "is deleted; restore it" in answer.partial_success.error_message
     assert [row[0] for row in reader.history(reader.only_run(experiment).info.run_id, "receiver/loss")] == [0]
+
+
+@pytest.mark.parametrize("status", ["FINISHED", "FAILED", "KILLED"])
+def test_the_last_collection_ends_the_run_with_its_status(
+    receiver: Receiver, reader: MlflowReader, experiment: str, status: str
+) -> None:
+    instance = uuid.uuid4().hex
+    first = sdk_request(experiment, [("loss", 0.5, 0)], instance=instance)
+    assert requests.post(receiver.url, data=first.SerializeToString(), headers=PROTOBUF, timeout=30).status_code == 200
+    assert reader.only_run(experiment).info.status == "RUNNING"
+    last = sdk_request(experiment, [("loss", 0.25, 1)], instance=instance, ended=status)
+    assert requests.post(receiver.url, data=last.SerializeToString(), headers=PROTOBUF, timeout=30).status_code == 200
+    run = reader.only_run(experiment)
+    assert run.info.status == status
+    assert [row[0] for row in reader.history(run.info.run_id, "receiver/loss")] == [0, 1]
+
+
+def test_a_run_whose_job_vanished_is_ended_killed_after_the_silence(
+    mlflow_server: MlflowServer, reader: MlflowReader, experiment: str
+) -> None:
+    import time  # noqa: PLC0415
+
+    request = sdk_request(experiment, [("loss", 0.5, 0), ("loss", 0.25, 1)])
+    with Receiver(port=0, tracking_uri=mlflow_server.uri, token="", silence=1.0) as receiver:
+        assert requests.post(receiver.url, data=request.SerializeToString(), headers=PROTOBUF, timeout=30).ok
+        deadline = time.monotonic() + 60
+        while reader.only_run(experiment).info.status == "RUNNING" and time.monotonic() < deadline:
+            time.sleep(0.2)
+    run = reader.only_run(experiment)
+    assert run.info.status == "KILLED"
+    assert run.info.end_time == math.floor(Fraction(T0 + 1 / 1000) * 1000)  # its last point's time

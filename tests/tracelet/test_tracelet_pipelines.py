@@ -63,6 +63,12 @@ def test_otlp_carries_the_run_naming(otlp_sink: OtlpSink, tmp_path: Path) -> Non
     tags = {k: v for batch in batches for k, v in batch.tags.items()}
     assert params == {"lr": "0.01"}
     assert tags["team"] == "vision"
+    # The last requests (stop_logging's flush and shutdown) say how the run ended; none before them.
+    ends = [[status for _, status, _ in mapper.run_ends(request)] for request in otlp_sink.requests]
+    assert ends[-1] == ["FINISHED"]
+    first = ends.index(["FINISHED"])
+    assert ends[first:] == [["FINISHED"]] * (len(ends) - first) and not any(ends[:first])
+    assert first > 0 or len(ends) <= 2
 
 
 COOPERATING_SCRIPT = """

@@ -135,6 +135,8 @@ class Experiment:
         pipeline, instruments = self._pipeline, self._instruments
         if instruments is not None:
             self._attempt("hand over the last points", instruments.recorder.drain)
+            if pipeline is not None and pipeline.owned:  # the last collection tells OTLP how the run ended
+                instruments.recorder.end(status or lifecycle.outcome())
         if pipeline is not None:
             # A ``with`` block's exception fails this run, not the process: its outcome is set for the close.
             with lifecycle.ending_as(status) if status else nullcontext():

@@ -91,6 +91,8 @@ HPARAM_VALUE = "tensorboard.hparam.value"
 RUN_TAG = "mlflow.run.tag"
 TAG_NAME = "mlflow.tag.name"
 TAG_VALUE = "mlflow.tag.value"
+RUN_END = "tensorboard.run.end"
+RUN_STATUS = "tensorboard.run.status"
 MAPPED = frozenset({SCALAR, HPARAM, RUN_TAG})  # the metrics this mapping reads
 
 INSTANCE_ID = "service.instance.id"
@@ -407,6 +409,27 @@ class Mapper:
     def from_otlp(self, request: Any) -> list[RunBatch]:
         """Maps an OTLP ``ExportMetricsServiceRequest`` protobuf (what the receiver receives)."""
         return self.map(_walk_otlp(request), _samples_otlp(request))
+
+    def run_ends(self, request: Any) -> list[tuple[RunKey, str, int]]:
+        """(run, status, end ms) of each run an OTLP request says has ended (``tensorboard.run.end``).
+
+        OTLP has no end of run; the TensorBoard instrumentation observes ``tensorboard.run.end`` in
+        the provider's last collection, with ``tensorboard.run.status`` FINISHED, FAILED or KILLED.
+        The end time is that data point's time. A status MLflow does not know is ignored.
+        """
+        ends = []
+        for resource_metrics in request.resource_metrics:
+            resource = _attributes(resource_metrics.resource.attributes)
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    if metric.name != RUN_END or metric.WhichOneof("data") != "gauge":
+                        continue
+                    for point in metric.gauge.data_points:
+                        status = _attributes(point.attributes).get(RUN_STATUS)
+                        if status in ("FINISHED", "FAILED", "KILLED"):
+                            run = run_key(resource, self.default_experiment)
+                            ends.append((run, str(status), point.time_unix_nano // 1_000_000))
+        return ends
 
 
 def _text(value: Any) -> str:

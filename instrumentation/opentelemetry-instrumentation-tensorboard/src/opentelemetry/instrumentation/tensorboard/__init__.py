@@ -51,6 +51,14 @@ Instruments (meter ``opentelemetry.instrumentation.tensorboard``):
 ``tensorboard.points`` (ObservableCounter, ``{point}``)
     Points handed to OpenTelemetry so far in this process.
 
+``tensorboard.run.end`` (ObservableGauge, ``1``)
+    Observed once, in the provider's last collection (at exit, or when tracelet stops an
+    experiment), with ``tensorboard.run.status``: ``FINISHED``, ``FAILED`` (an uncaught exception)
+    or ``KILLED`` (SIGTERM, Ctrl-C), as :mod:`.lifecycle` knows it. OTLP has no end of run; this is
+    how a receiver at the end of the collector route ends the MLflow run. Instrumenting installs
+    :mod:`.lifecycle`'s hooks, so a SIGTERM ends the process the orderly way (the last points are
+    exported).
+
 Behaviour worth knowing:
 
 - the user's call runs exactly as written: nothing is added to its arguments. Step, wall time and
@@ -73,6 +81,7 @@ OpenTelemetry SDK internals this package needs are all in :mod:`._sdk_compat`.
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import logging
 import sys
@@ -87,6 +96,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from opentelemetry.instrumentation.utils import unwrap
 from opentelemetry.metrics import get_meter, get_meter_provider
 
+from opentelemetry.instrumentation.tensorboard import lifecycle
 from opentelemetry.instrumentation.tensorboard.capture import Recorder, flatten_params, scalar_value, warn_once
 from opentelemetry.instrumentation.tensorboard.package import _instruments, _instruments_any
 from opentelemetry.instrumentation.tensorboard.reservoir import has_views, views
@@ -201,6 +211,7 @@ class TensorBoardInstrumentor(BaseInstrumentor):
         if recorder is None:
             # One per provider: instruments are registered once, so a second instrument() reuses them.
             recorder = _recorders[provider] = Recorder(get_meter(__name__, __version__, provider))
+            _end_at_exit(recorder)
         recorder.max_pending = int(kwargs.get("max_pending", recorder.max_pending))
         TensorBoardInstrumentor._recorder = recorder
         self._patched: list[tuple[Any, str]] = []
@@ -256,6 +267,22 @@ _PATCHES: dict[str, Callable[[TensorBoardInstrumentor, Recorder, Any], None]] = 
     **{module: TensorBoardInstrumentor._patch_lightning for module in _LIGHTNING},
 }
 _hooked_modules: set[str] = set()
+
+
+def _end_at_exit(recorder: Recorder) -> None:
+    """At exit, before the provider's own exit handler (registered earlier, so run later), the run ends.
+
+    Held weakly: a recorder whose experiment is over is not kept alive by the exit handler.
+    """
+    lifecycle.install()
+    ref = weakref.ref(recorder)
+
+    def end() -> None:
+        alive = ref()
+        if alive is not None and alive.ended is None:
+            alive.end(lifecycle.outcome())
+
+    atexit.register(end)
 
 
 def _patch_when_imported(module: Any) -> None:

@@ -37,6 +37,7 @@ from opentelemetry.instrumentation.tensorboard.writer_names import WriterNames
 SCALAR = "tensorboard.scalar"
 HPARAM = "tensorboard.hparam"
 POINTS = "tensorboard.points"
+RUN_END = "tensorboard.run.end"
 
 TAG = "tensorboard.tag"
 LOG_DIR = "tensorboard.log_dir"
@@ -44,6 +45,7 @@ WRITER = "tensorboard.writer"
 STEP = "tensorboard.step"
 HPARAM_NAME = "tensorboard.hparam.name"
 HPARAM_VALUE = "tensorboard.hparam.value"
+RUN_STATUS = "tensorboard.run.status"
 
 _logger = logging.getLogger(__name__)
 
@@ -188,6 +190,14 @@ class Recorder:
             unit="{point}",
             description="Scalar points handed to OpenTelemetry",
         )
+        # OTLP has no end of run: the last collection says how the run ended (see ``end``).
+        self._ended: str | None = None
+        self._run_end = meter.create_observable_gauge(
+            RUN_END,
+            callbacks=[self._on_run_end],
+            unit="1",
+            description="1 in the last collection of a run, with tensorboard.run.status FINISHED, FAILED or KILLED",
+        )
         self._measure: Any = None
         self.writer_names = WriterNames()
         self._wake = threading.Event()
@@ -286,6 +296,23 @@ class Recorder:
         except Exception:  # a collection must never fail because of one bad point
             _logger.exception("tensorboard: could not hand points to OpenTelemetry")
         return [Observation(self._captured)]
+
+    def end(self, status: str) -> None:
+        """The run ends with ``status``: the next collection, the provider's last, carries ``tensorboard.run.end``.
+
+        A receiver at the end of an OTLP route (``tracelet receive``) sets the MLflow run's status
+        from it, as the in-process exporter does at shutdown.
+        """
+        self._ended = status
+
+    @property
+    def ended(self) -> str | None:
+        """The status :meth:`end` was given, or ``None`` while the run goes on."""
+        return self._ended
+
+    def _on_run_end(self, _options: CallbackOptions) -> Iterable[Observation]:
+        status = self._ended
+        return [Observation(1, {RUN_STATUS: status})] if status else []
 
     def _after_fork(self) -> None:
         # A forked child (e.g. a DataLoader worker) must not send the parent's points a second time,
