@@ -3,7 +3,8 @@
 The out-of-memory killer or a lost node kills the training process and its helper together. A
 training-like loop (8 ``add_scalar`` per step, about 1 ms per step) runs under each mode, is
 killed with SIGKILL (both processes at once) at a random moment 3 to 6 s in, then ``tracelet
-upload`` sends what the job left on disk into the same ``sqlite:///`` store. Per mode it prints the
+upload`` sends what the job left on disk into the same ``sqlite:///`` store, and ``tracelet import``
+of its log dir adds the tail TensorBoard's event file kept. Per mode it prints the
 steps the loop had logged (read from a counter it updates every step), the steps in MLflow
 afterwards, the steps TensorBoard's own event file kept, and the training time lost (missing steps
 times the loop's step time). Duplicates are counted too (there must be none).
@@ -31,6 +32,7 @@ import textwrap
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from mlflow.tracking import MlflowClient
 from tbparse import SummaryReader
@@ -112,13 +114,27 @@ def kill_once(root: Path, spec: str, index: int) -> dict[str, float]:
         timeout=300,
     )
     client = MlflowClient(store)
-    experiment = client.get_experiment_by_name(env["MLFLOW_EXPERIMENT_NAME"])
-    runs = client.search_runs([experiment.experiment_id]) if experiment else []
-    steps: Counter[int] = Counter()
-    for run in runs:
-        for metric in client.get_metric_history(run.info.run_id, "train/metric_0"):
-            steps[metric.step] += 1
+
+    def stored() -> tuple[Counter[int], list[Any]]:
+        experiment = client.get_experiment_by_name(env["MLFLOW_EXPERIMENT_NAME"])
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        steps: Counter[int] = Counter()
+        for run in runs:
+            for metric in client.get_metric_history(run.info.run_id, "train/metric_0"):
+                steps[metric.step] += 1
+        return steps, runs
+
+    steps, runs = stored()
     landed = len(steps)
+    experiment_name = env["MLFLOW_EXPERIMENT_NAME"]
+    # Then the tail TensorBoard's event file kept, into the same run: what a user does after a crash.
+    subprocess.run(
+        [str(BIN / "tracelet"), "import", str(workdir / "runs" / "train"), "--experiment", experiment_name],
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    after, runs_after = stored()
     events = SummaryReader(str(workdir / "runs" / "train")).scalars
     tensorboard = int((events["tag"] == "metric_0").sum()) if len(events) else 0
     step_time = seconds / logged
@@ -128,6 +144,9 @@ def kill_once(root: Path, spec: str, index: int) -> dict[str, float]:
         "duplicated": sum(n - 1 for n in steps.values()),
         "tensorboard": tensorboard,
         "lost_s": (logged - landed) * step_time,
+        "lost_after_import_s": (logged - len(after)) * step_time,
+        "duplicated_after_import": sum(n - 1 for n in after.values()),
+        "runs_after_import": len(runs_after),
         "status": runs[0].info.status if runs else "none",
     }
 
@@ -154,20 +173,26 @@ def main() -> None:
                 print(
                     f"  {spec:<18} logged {result['logged']:6.0f}  in MLflow {result['landed']:6.0f}  "
                     f"duplicated {result['duplicated']:.0f}  TensorBoard's file {result['tensorboard']:6.0f}  "
-                    f"lost {result['lost_s']:.2f} s  run {result['status']}",
+                    f"lost {result['lost_s']:.2f} s  run {result['status']}; after tracelet import: lost "
+                    f"{result['lost_after_import_s']:.2f} s, duplicated {result['duplicated_after_import']:.0f}, "
+                    f"{result['runs_after_import']:.0f} run(s)",
                     flush=True,
                 )
     print()
-    print(f"{'mode':<18} {'lost (median)':>14} {'lost (max)':>11} {'TensorBoard kept':>17} {'duplicated':>11}")
+    print(
+        f"{'mode':<18} {'lost (median)':>14} {'lost (max)':>11} {'TensorBoard kept':>17} {'duplicated':>11} "
+        f"{'lost after import (max)':>24}"
+    )
     for spec, runs in results.items():
         lost = [r["lost_s"] for r in runs]
         kept = statistics.median(r["tensorboard"] / r["logged"] for r in runs)
         print(
             f"{spec:<18} {statistics.median(lost):12.2f} s {max(lost):9.2f} s {kept:16.0%} "
-            f"{sum(r['duplicated'] for r in runs):11.0f}"
+            f"{sum(r['duplicated'] for r in runs):11.0f} {max(r['lost_after_import_s'] for r in runs):22.2f} s"
         )
     print("lost: training time whose points are not in MLflow after `tracelet upload` (the tail at the kill);")
-    print("TensorBoard kept: share of the logged steps its own event file held after the kill.")
+    print("TensorBoard kept: share of the logged steps its own event file held after the kill;")
+    print("lost after import: the same after `tracelet import` of the run's log dir (the tail TensorBoard kept).")
 
 
 if __name__ == "__main__":
