@@ -18,14 +18,28 @@ __all__ = ["MlflowServer", "free_port"]
 
 
 class MlflowServer:
-    """One ``mlflow server`` process with a sqlite store in ``root``; restartable on the same port."""
+    """One ``mlflow server`` process with a sqlite store in ``root``; restartable on the same port.
 
-    def __init__(self, root: Path, port: int | None = None, basic_auth_password: str | None = None) -> None:
+    ``backend_store_uri`` puts the store elsewhere (e.g. a :class:`~support.postgres.Postgres`
+    database's ``uri``); ``workers`` is MLflow's ``--workers``: one by default, several where a
+    test or benchmark needs requests served in parallel (not with sqlite, which takes one writer).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        port: int | None = None,
+        basic_auth_password: str | None = None,
+        backend_store_uri: str | None = None,
+        workers: int = 1,
+    ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
         self.basic_auth_password = basic_auth_password  # MLflow's basic-auth app, user "admin"
+        self.backend_store_uri = backend_store_uri
+        self.workers = workers
 
     @property
     def uri(self) -> str:
@@ -33,10 +47,10 @@ class MlflowServer:
 
     @property
     def store_uri(self) -> str:
-        return f"sqlite:///{self.root / 'mlflow.db'}"
+        return self.backend_store_uri or f"sqlite:///{self.root / 'mlflow.db'}"
 
     def start(self, wait: bool = True) -> MlflowServer:
-        # One worker and no job runner: 2 processes instead of ~15, ready in a few seconds.
+        # One worker (by default) and no job runner: 2 processes instead of ~15, ready in a few seconds.
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         auth: list[str] = []
         if self.basic_auth_password is not None:
@@ -65,7 +79,7 @@ class MlflowServer:
                 "--port",
                 str(self.port),
                 "--workers",
-                "1",
+                str(self.workers),
                 *auth,
             ],
             stdout=log,

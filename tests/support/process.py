@@ -34,15 +34,17 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
-    """Stop ``proc`` (and only it): SIGTERM, wait, then SIGKILL. Returns its exit code.
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0, sig: int = signal.SIGTERM) -> int:
+    """Stop ``proc`` (and only it): ``sig`` (SIGTERM), wait, then SIGKILL. Returns its exit code.
 
     SIGTERM first so the collector flushes its queue to disk and Prometheus
-    closes its TSDB cleanly; SIGKILL only if that hangs.
+    closes its TSDB cleanly; SIGKILL only if that hangs. ``sig`` is for servers
+    whose clean stop is another signal (PostgreSQL's fast shutdown is SIGINT:
+    its SIGTERM waits for every client to disconnect).
     """
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(sig)
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
