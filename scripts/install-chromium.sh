@@ -12,19 +12,13 @@ bin=/usr/bin/chromium
 
 log() { echo "install-chromium: $*" >&2; }
 
-as_root() {
-    if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi
-}
+# shellcheck source=apt-install.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh"
 
 if [[ -x "$bin" ]]; then
     log "already installed: $("$bin" --version 2>/dev/null | head -n1)"
 else
-    command -v apt-get >/dev/null || { log "apt-get not found; install Chromium by hand"; exit 1; }
-    log "apt-get update"
-    as_root apt-get update -qq >&2
-    log "apt-get install chromium"
-    as_root env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq --no-install-recommends chromium fonts-liberation >&2
+    apt_install install-chromium chromium fonts-liberation
 fi
 
 [[ -x "$bin" ]] || { log "$bin missing after install"; exit 1; }

@@ -13,9 +13,8 @@ set -euo pipefail
 
 log() { echo "install-postgresql: $*" >&2; }
 
-as_root() {
-    if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi
-}
+# shellcheck source=apt-install.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh"
 
 # The newest installed server version's bin directory, or nothing.
 server_bin() {
@@ -28,28 +27,7 @@ bin="$(server_bin)"
 if [[ -n "$bin" ]]; then
     log "already installed: $("$bin/postgres" --version)"
 else
-    command -v apt-get >/dev/null || { log "apt-get not found; install PostgreSQL by hand"; exit 1; }
-
-    # policy-rc.d exit code 101 tells invoke-rc.d/deb-systemd-invoke not to
-    # start services during installation. Only add one if none exists.
-    policy=/usr/sbin/policy-rc.d
-    added_policy=0
-    if [[ ! -e "$policy" ]]; then
-        as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $policy && chmod 0755 $policy"
-        added_policy=1
-        trap 'as_root rm -f "$policy"' EXIT
-    fi
-
-    log "apt-get update"
-    as_root apt-get update -qq >&2
-    log "apt-get install postgresql"
-    as_root env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq --no-install-recommends postgresql >&2
-
-    if [[ $added_policy -eq 1 ]]; then
-        as_root rm -f "$policy"
-        trap - EXIT
-    fi
+    apt_install install-postgresql postgresql
     bin="$(server_bin)"
     [[ -n "$bin" ]] || { log "no /usr/lib/postgresql/<version>/bin/postgres after install"; exit 1; }
     log "installed: $("$bin/postgres" --version)"

@@ -13,9 +13,8 @@ bin=/usr/bin/prometheus
 
 log() { echo "install-prometheus: $*" >&2; }
 
-as_root() {
-    if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi
-}
+# shellcheck source=apt-install.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh"
 
 listening_9090() {
     command -v ss >/dev/null && ss -Hltn 'sport = :9090' 2>/dev/null | grep -q .
@@ -24,28 +23,7 @@ listening_9090() {
 if [[ -x "$bin" ]]; then
     log "already installed: $("$bin" --version 2>&1 | head -n1)"
 else
-    command -v apt-get >/dev/null || { log "apt-get not found; install Prometheus by hand"; exit 1; }
-
-    # policy-rc.d exit code 101 tells invoke-rc.d/deb-systemd-invoke not to
-    # start services during installation. Only add one if none exists.
-    policy=/usr/sbin/policy-rc.d
-    added_policy=0
-    if [[ ! -e "$policy" ]]; then
-        as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $policy && chmod 0755 $policy"
-        added_policy=1
-        trap 'as_root rm -f "$policy"' EXIT
-    fi
-
-    log "apt-get update"
-    as_root apt-get update -qq >&2
-    log "apt-get install prometheus"
-    as_root env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq --no-install-recommends prometheus >&2
-
-    if [[ $added_policy -eq 1 ]]; then
-        as_root rm -f "$policy"
-        trap - EXIT
-    fi
+    apt_install install-prometheus prometheus
 fi
 
 # Should the package's service be running anyway, stop it through the

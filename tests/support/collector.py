@@ -13,7 +13,6 @@ import functools
 import os
 import subprocess
 import tempfile
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -189,17 +188,13 @@ class Collector(Service):
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Block until health_check answers 200; fail fast if the process died."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc is None or self.proc.poll() is not None:
-                code = None if self.proc is None else self.proc.returncode
-                raise RuntimeError(f"collector exited ({code}) before ready:\n{self.logs()}")
+
+        def ready() -> bool:
             with contextlib.suppress(requests.RequestException):
-                if requests.get(self.health_url, timeout=1).status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"collector not ready after {timeout}s:\n{self.logs()}")
-            time.sleep(0.1)
+                return requests.get(self.health_url, timeout=1).status_code == 200
+            return False
+
+        self._wait_until("collector", ready, timeout)
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM this collector's PID, wait, SIGKILL if needed. Returns the exit code."""

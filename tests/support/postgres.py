@@ -21,7 +21,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -196,22 +195,17 @@ class Postgres(Service):
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Block until the server accepts connections, then create the database (once)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc is None or self.proc.poll() is not None:
-                code = None if self.proc is None else self.proc.returncode
-                raise RuntimeError(f"postgres exited ({code}) before ready:\n{self.logs()}")
-            ready = subprocess.run(
+
+        def ready() -> bool:
+            answer = subprocess.run(
                 [str(self.bin_dir / "pg_isready"), "-q", "-h", self.host, "-p", str(self.port)],
                 env=self._env(),
                 check=False,
                 timeout=10,
             )
-            if ready.returncode == 0:
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"postgres not ready after {timeout}s:\n{self.logs()}")
-            time.sleep(0.2)
+            return answer.returncode == 0
+
+        self._wait_until("postgres", ready, timeout, interval=0.2)
         self.psql(
             f"SELECT 'CREATE DATABASE {self.database}' WHERE NOT EXISTS "
             f"(SELECT FROM pg_database WHERE datname = '{self.database}')\\gexec",

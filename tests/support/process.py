@@ -6,6 +6,8 @@ import contextlib
 import signal
 import socket
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -70,6 +72,23 @@ class Service:
 
     def wait_ready(self) -> None:
         raise NotImplementedError
+
+    def _wait_until(self, name: str, ready: Callable[[], bool], timeout: float, interval: float = 0.1) -> None:
+        """Polls ``ready`` until it holds; fails at once if the process (``self.proc``) died, or at ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            proc = getattr(self, "proc", None)
+            if proc is None or proc.poll() is not None:
+                code = None if proc is None else proc.returncode
+                raise RuntimeError(f"{name} exited ({code}) before ready:\n{self.logs()}")
+            if ready():
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} not ready after {timeout}s:\n{self.logs()}")
+            time.sleep(interval)
+
+    def logs(self) -> str:
+        return ""
 
     def stop(self) -> object:
         raise NotImplementedError

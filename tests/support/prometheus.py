@@ -144,17 +144,13 @@ class Prometheus(Service):
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Block until /-/ready answers 200; fail fast if the process died."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc is None or self.proc.poll() is not None:
-                code = None if self.proc is None else self.proc.returncode
-                raise RuntimeError(f"prometheus exited ({code}) before ready:\n{self.logs()}")
+
+        def ready() -> bool:
             with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"prometheus not ready after {timeout}s:\n{self.logs()}")
-            time.sleep(0.1)
+                return requests.get(f"{self.url}/-/ready", timeout=1).status_code == 200
+            return False
+
+        self._wait_until("prometheus", ready, timeout)
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM this server's PID, wait, SIGKILL if needed. Returns the exit code."""
