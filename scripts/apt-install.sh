@@ -1,4 +1,5 @@
-# Sourced by scripts/install-*.sh: Debian packages installed quietly, their services never started.
+# Sourced by scripts/install-*.sh: Debian packages installed quietly, their services never started
+# (apt_install), or stopped if they started anyway (stop_service).
 #
 #   source "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh"
 #   apt_install <name for messages> <package>...
@@ -29,5 +30,18 @@ apt_install() {
     if [[ $added_policy -eq 1 ]]; then
         as_root rm -f "$policy"
         trap - EXIT
+    fi
+}
+
+# Stops (and disables) a package's own service that started anyway, through systemd or its init script.
+stop_service() {
+    local name="$1" service="$2"
+    if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+        echo "$name: stopping the $service service (systemd)" >&2
+        as_root systemctl stop "$service" >&2 || true
+        as_root systemctl disable "$service" >&2 || true
+    elif [[ -x "/etc/init.d/$service" ]]; then
+        echo "$name: stopping the $service service (init script)" >&2
+        as_root "/etc/init.d/$service" stop >&2 || true
     fi
 }

@@ -35,14 +35,7 @@ fi
 
 # Should the package's own cluster be running anyway, stop it through the package's tools.
 if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | awk '{print $4}' | grep -qx online; then
-    if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
-        log "stopping the postgresql service (systemd)"
-        as_root systemctl stop postgresql >&2 || true
-        as_root systemctl disable postgresql >&2 || true
-    elif [[ -x /etc/init.d/postgresql ]]; then
-        log "stopping the postgresql service (init script)"
-        as_root /etc/init.d/postgresql stop >&2 || true
-    fi
+    stop_service install-postgresql postgresql
 fi
 
 id postgres >/dev/null 2>&1 || log "warning: no 'postgres' user; as root, tests cannot start a server"

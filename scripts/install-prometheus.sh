@@ -29,14 +29,7 @@ fi
 # Should the package's service be running anyway, stop it through the
 # package's own init script (or systemd, where it runs).
 if [[ -f /run/prometheus/prometheus.pid ]] || listening_9090; then
-    if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
-        log "stopping the prometheus service (systemd)"
-        as_root systemctl stop prometheus >&2 || true
-        as_root systemctl disable prometheus >&2 || true
-    elif [[ -x /etc/init.d/prometheus ]]; then
-        log "stopping the prometheus service (init script)"
-        as_root /etc/init.d/prometheus stop >&2 || true
-    fi
+    stop_service install-prometheus prometheus
 fi
 if listening_9090; then
     log "warning: something still listens on :9090 (not started by this script)"
