@@ -11,8 +11,7 @@ times the loop's step time). Duplicates are counted too (there must be none).
 
 Modes: ``zero-code`` (``OTEL_METRICS_EXPORTER=mlflow opentelemetry-instrument``) and
 ``start_logging`` (``tracelet.start_logging(backend="mlflow")``); ``mode@S`` sets the export
-interval to ``S`` seconds (e.g. ``zero-code@5`` against the default, which hands points to the
-helper every 0.5 s).
+interval to ``S`` seconds (e.g. ``zero-code@0.5`` against the default 5 s).
 
     python benchmarks/bench_sigkill_loss.py [--kills 3] [--modes zero-code,zero-code@5,start_logging]
 """
@@ -154,7 +153,7 @@ def kill_once(root: Path, spec: str, index: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=3, help="killed runs per mode")
-    parser.add_argument("--modes", default="zero-code,zero-code@5,start_logging,start_logging@5")
+    parser.add_argument("--modes", default="zero-code,zero-code@0.5,start_logging,start_logging@0.5")
     args = parser.parse_args()
     specs = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = {s.partition("@")[0] for s in specs} - set(MODES)

@@ -12,10 +12,10 @@ calls per step) runs in its own process, once per mode, in alternating order:
 - ``otlp``: the same export to an OTLP endpoint that discards what it gets (tracelet's part of the
   collector route, without the collector, receiver and server working on the same machine).
 
-A route runs with its default export interval (0.5 s where the exporter runs in the helper
-process); ``route@S`` sets it to ``S`` seconds (``--routes sqlite,sqlite@5`` compares the two in one
-run). Each run warms up, then times ``--seconds`` of steps (default 32 s: at least six exports even
-at a 5 s interval fall inside), then gets SIGTERM while still training; a round is ``none, plain, route,
+A route runs with its default export interval (5 s); ``route@S`` sets it to ``S`` seconds
+(``--routes server,server@0.5`` compares the two in one run). Each run warms up, then times
+``--seconds`` of steps (default 32 s: at least six exports at a 5 s interval fall inside),
+then gets SIGTERM while still training; a round is ``none, plain, route,
 plain, route, plain, ...``. Then ``--launches`` short runs per mode (SIGTERM right after the first
 step; ``plain`` with a SIGTERM handler that exits the orderly way, as tracelet's does). Printed per
 route:

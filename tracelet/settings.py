@@ -38,8 +38,8 @@ class TraceletSettings(BaseSettings):
     export_interval: float | None = Field(
         None,
         gt=0,
-        description="seconds between two exports of the push backends (default: 0.5 where they run in the "
-        "helper process, so a killed job loses at most that; 5 in process and for the console)",
+        description="seconds between two exports of the push backends (default 5; a killed job loses at most that, "
+        "and TensorBoard's own file keeps it for tracelet import)",
     )
     patch_tensorboard: bool = Field(True, description="capture SummaryWriter calls")
     system_metrics: bool = Field(

@@ -5,7 +5,7 @@ The SDK's stock configurator builds the ``MeterProvider`` without Views and with
 configurator builds it with :func:`~opentelemetry.instrumentation.tensorboard.reservoir.views` and the
 ``always_on`` filter, and runs each push exporter chosen by ``OTEL_METRICS_EXPORTER`` (but the
 console's) in a helper process (:mod:`~opentelemetry.instrumentation.tensorboard.export_process`),
-collecting every half second unless ``OTEL_METRIC_EXPORT_INTERVAL`` says otherwise (what a killed
+collecting every 5 s unless ``OTEL_METRIC_EXPORT_INTERVAL`` says otherwise (what a killed
 process can lose); everything else (traces, logs, resource) is the SDK's own. The distro selects it and sets
 defaults fit for a training job.
 
@@ -119,7 +119,7 @@ class TensorBoardConfigurator(_sdk_compat.sdk_configurator_class()):  # type: ig
         if name:
             kwargs.setdefault("resource_attributes", {}).setdefault("service.name", name)
         # The system-metrics instrumentation, installed, would be loaded next and sample at every
-        # export (every half second); here it runs only through OTEL_PYTHON_TENSORBOARD_SYSTEM_METRICS,
+        # export (every 5 s by default); here it runs only through OTEL_PYTHON_TENSORBOARD_SYSTEM_METRICS,
         # once per interval (see system_metrics).
         disabled = [n.strip() for n in os.environ.get(OTEL_PYTHON_DISABLED_INSTRUMENTATIONS, "").split(",")]
         disabled = [name for name in disabled if name]

@@ -31,11 +31,13 @@ helper can be started the exporter runs in process, as it would unwrapped.
 
 Hand-off interval: a point is safe from a SIGKILL of the training process (out of memory, a
 preempted node) once it is in the helper, whose exporter keeps it (the MLflow exporter's journal).
-So readers whose exporter runs in the helper collect every ``HANDOFF_INTERVAL`` seconds unless an
+Readers whose exporter runs in the helper collect every ``HANDOFF_INTERVAL`` seconds (5) unless an
 interval is configured (``OTEL_METRIC_EXPORT_INTERVAL``, ``start_logging(export_interval=...)``):
-a killed training process loses at most that much, not the SDK's 60 s default. A collection costs
-the training process a fixed few hundred microseconds plus the pickling of the points it holds,
-which it would pay at any interval (``benchmarks/bench_training_loop.py`` compares intervals).
+a killed training process loses at most that much, not the SDK's 60 s default, and TensorBoard's
+own event file still holds that tail for ``tracelet import``. Shorter intervals cost the training
+process more than their collections alone explain (``benchmarks/bench_training_loop.py`` with
+``server@0.5`` against ``server``: about +0.15 to +0.2 of TensorBoard's own cost per step), so 5 s
+stays the default until a hand-off is cheap.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ from opentelemetry.instrumentation.tensorboard.environment_variables import (
 _logger = logging.getLogger(__name__)
 
 EXPORT_PROCESS_ENV = OTEL_PYTHON_TENSORBOARD_EXPORT_PROCESS  # the name this module has always exported
-HANDOFF_INTERVAL = 0.5  # seconds between two collections handed to the helper, unless configured
+HANDOFF_INTERVAL = 5.0  # seconds between two collections handed to the helper, unless configured
 KILLED_GRACE = 10.0  # seconds the helper exports after its parent was killed; then it shuts the exporter down
 _HEADER = struct.Struct(">I")
 _AUTO_INSTRUMENTATION = os.path.join("opentelemetry", "instrumentation", "auto_instrumentation")

@@ -33,13 +33,13 @@ system metrics arriving through the same collector make no MLflow run):
   ``hw.temperature``, per ``hw.id``). Without NVML or a GPU one log line says so.
 
 Sampling. An observable instrument is observed whenever a reader collects, and the readers of
-the push backends collect every half second (the hand-off to the export process). A reader has one
+the push backends collect at the hand-off interval (5 s by default, often less when configured). A reader has one
 interval for every instrument, and the SDK has no per-instrument interval. So the instruments'
 callbacks are gated: :func:`pace` wraps the ``collect`` of each periodic reader (the push
 backends) so that one of its collections per interval is a *sampling* collection, and the
 callbacks observe only during those, returning nothing otherwise. No observation means no data
 point, so each push reader exports one point per series per interval (for the MLflow run: one
-row per key per sample), while the TensorBoard points keep their half-second hand-off. The
+row per key per sample), while the TensorBoard points keep their hand-off interval. The
 decision is per reader (a context variable set around its collection), so two push backends each
 get every sample. Readers that are not paced (Prometheus, which collects when scraped) observe at
 each collection: there the scrape interval is the sampling interval; so does a periodic reader
