@@ -188,6 +188,10 @@ class Prometheus(Service):
             raise PrometheusError(f"query {promql!r} returned a {data.get('resultType')}, not a vector")
         return data["result"]
 
+    def alerts(self) -> list[dict[str, Any]]:
+        """Every pending and firing alert, each with its ``labels``, ``annotations``, ``state`` and ``value``."""
+        return self._api("alerts", {})["alerts"]
+
     def series(self, match: str) -> list[dict[str, str]]:
         """Label sets of all series matching the selector ``match``."""
         return self._api("series", {"match[]": match})

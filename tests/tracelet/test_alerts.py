@@ -24,7 +24,7 @@ def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_the_rules_are_valid_and_pass_their_promtool_unit_tests() -> None:
     checked = _promtool("check", "rules", str(RULES))
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 4 rules found" in checked.stdout
+    assert "SUCCESS: 7 rules found" in checked.stdout
     tested = _promtool("test", "rules", str(RULE_TESTS))
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "SUCCESS" in tested.stdout
@@ -87,6 +87,9 @@ def test_a_loss_turning_nan_fires_the_alert_in_prometheus_scraping_the_prometheu
         firing = prometheus.wait_for('ALERTS{alertname="TrainingLossNotFinite",alertstate="firing"}', timeout=60)
         assert [alert["metric"]["tensorboard_tag"] for alert in firing] == ["train/Loss"]
         assert firing[0]["metric"]["job"] == "train" and firing[0]["metric"]["severity"] == "critical"
+        assert firing[0]["metric"]["mlflow_run_name"] == "diverges"  # the run, from the resource
+        (alert,) = [a for a in prometheus.alerts() if a["labels"]["alertname"] == "TrainingLossNotFinite"]
+        assert alert["annotations"]["summary"] == "train/Loss is NaN in run diverges"
         (value,) = prometheus.query(loss)
         assert value["value"][1] == "NaN"  # Prometheus holds the NaN itself, as the script logged it
     finally:

@@ -213,13 +213,20 @@ def _otlp(settings: TraceletSettings, _pipeline: Pipeline) -> MetricReader:
     return PeriodicExportingMetricReader(exporter, export_interval_millis=_interval_ms(settings, exporter))
 
 
+# The resource attributes every series carries as labels (mlflow_experiment_name, mlflow_run_name,
+# distributed_rank), as the collector's prometheus exporter adds them (otel-collector.yaml): they name
+# the job's MLflow run and add no series, being fixed for the life of the process. The rest of the
+# resource is on target_info.
+PROMETHEUS_LABELS = frozenset({EXPERIMENT_NAME, RUN_NAME, RANK})
+
+
 def _prometheus(settings: TraceletSettings, pipeline: Pipeline) -> MetricReader:
     from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
     from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
 
     # A registry of its own: several experiments in one process do not meet in the global one.
     registry = CollectorRegistry()
-    reader = PrometheusMetricReader(registry=registry)
+    reader = PrometheusMetricReader(registry=registry, resource_attribute_filter=PROMETHEUS_LABELS.__contains__)
     port = settings.prometheus_port
     try:
         server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
