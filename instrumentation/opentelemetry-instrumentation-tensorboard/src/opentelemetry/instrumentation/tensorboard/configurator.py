@@ -6,8 +6,11 @@ configurator builds it with :func:`~opentelemetry.instrumentation.tensorboard.re
 ``always_on`` filter, and runs each push exporter chosen by ``OTEL_METRICS_EXPORTER`` (but the
 console's) in a helper process (:mod:`~opentelemetry.instrumentation.tensorboard.export_process`),
 collecting every 5 s unless ``OTEL_METRIC_EXPORT_INTERVAL`` says otherwise (what a killed
-process can lose); everything else (traces, logs, resource) is the SDK's own. The distro selects it and sets
-defaults fit for a training job.
+process can lose). The OTLP exporters run inside a
+:class:`~opentelemetry.instrumentation.tensorboard.durable_exporter.DurableMetricExporter`, in the
+helper or in process alike, so an export the collector does not accept in time waits on local disk
+instead of being dropped after the SDK's 10 s of retries. Everything else (traces, logs, resource)
+is the SDK's own. The distro selects it and sets defaults fit for a training job.
 
 Entry points: ``opentelemetry_distro`` and ``opentelemetry_configurator``, both ``tensorboard``.
 When another distro is installed too (e.g. ``opentelemetry-distro``), choose this one with
@@ -43,7 +46,7 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 
-from opentelemetry.instrumentation.tensorboard import _sdk_compat, export_process, system_metrics
+from opentelemetry.instrumentation.tensorboard import _sdk_compat, durable_exporter, export_process, system_metrics
 from opentelemetry.instrumentation.tensorboard.reservoir import views
 
 
@@ -85,16 +88,21 @@ def _init_metrics(
 ) -> None:
     """The stock configurator's ``_init_metrics`` (same parameters), plus the Views, filter and export process."""
     readers: list[MetricReader] = []
-    for cls in exporters_or_readers.values():
+    for name, cls in exporters_or_readers.items():
         args = (exporter_args_map or {}).get(cls, {})
         if cls is ConsoleMetricExporter:
             args = {"formatter": console_json, **args}
         if issubclass(cls, MetricReader):
             readers.append(cls(**args))
-        elif cls is ConsoleMetricExporter or not export_process.enabled():
-            readers.append(PeriodicExportingMetricReader(cls(**args)))
+            continue
+        exporter_class: type = cls
+        if durable_exporter.wrapped(cls):  # journaled until the destination accepts (a collector outage)
+            exporter_class = durable_exporter.DurableMetricExporter
+            args = {"exporter": durable_exporter.target(cls), "kwargs": args, "name": name}
+        if cls is ConsoleMetricExporter or not export_process.enabled():
+            readers.append(PeriodicExportingMetricReader(exporter_class(**args)))
         else:
-            exporter = export_process.ProcessMetricExporter(cls, args)
+            exporter = export_process.ProcessMetricExporter(exporter_class, args)
             interval = export_process.interval_millis()
             readers.append(PeriodicExportingMetricReader(exporter, export_interval_millis=interval))
     provider = meter_provider(readers, resource, **_sdk_compat.meter_configurator_option(meter_configurator))

@@ -48,6 +48,17 @@ OTEL_PYTHON_TENSORBOARD_SYSTEM_METRICS_INTERVAL = "OTEL_PYTHON_TENSORBOARD_SYSTE
 Seconds between two samples of the system metrics (default 10, as MLflow's own system metrics).
 """
 
+OTEL_PYTHON_TENSORBOARD_JOURNAL_DIR = "OTEL_PYTHON_TENSORBOARD_JOURNAL_DIR"
+"""
+.. envvar:: OTEL_PYTHON_TENSORBOARD_JOURNAL_DIR
+
+Where the ``tensorboard`` configurator's OTLP exporter keeps exports its destination has not
+accepted yet (:mod:`~opentelemetry.instrumentation.tensorboard.durable_exporter`): one directory per
+exporter below it (``<dir>/otlp``); default ``$XDG_CACHE_HOME/opentelemetry-tensorboard``
+(``~/.cache/opentelemetry-tensorboard``). Every instrumented process exporting to the same
+destination from this directory sends, first, what processes that ended left in it.
+"""
+
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
