@@ -222,3 +222,20 @@ def test_queue_survives_restart_until_receiver_is_up(
     assert name.encode() in body
     assert b"train/acc" in body
     assert b"step" in body
+
+
+def test_telemetry_endpoint_serves_the_queue_metrics_the_alert_rules_read(
+    collector_binary: Path, tmp_path: Path
+) -> None:
+    collector = Collector(
+        collector_binary,
+        tmp_path / "storage",
+        receiver_endpoint=f"http://127.0.0.1:{free_port()}",
+        log_path=tmp_path / "collector.log",
+    )
+    with collector:
+        text = requests.get(collector.telemetry_url, timeout=10).text
+    # prometheus/tracelet-alerts.yml (TraceletDeliveryFailing, TraceletDeliveryQueueFilling) reads these
+    # names and labels; the send counters appear with the first request, as the route tests show.
+    assert 'otelcol_exporter_queue_capacity{data_type="metrics",exporter="otlp_http"} 10000' in text
+    assert 'otelcol_exporter_queue_size{data_type="metrics",exporter="otlp_http"} 0' in text
