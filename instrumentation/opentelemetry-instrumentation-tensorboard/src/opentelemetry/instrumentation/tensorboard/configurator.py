@@ -98,7 +98,9 @@ def _init_metrics(
         exporter_class: type = cls
         if durable_exporter.wrapped(cls):  # journaled until the destination accepts (a collector outage)
             exporter_class = durable_exporter.DurableMetricExporter
-            args = {"exporter": durable_exporter.target(cls), "kwargs": args, "name": name}
+            # One directory for the OTLP exporters (``otlp``, ``otlp_proto_http``, ``otlp_proto_grpc``).
+            directory_name = "otlp" if name.startswith("otlp") else name
+            args = {"exporter": durable_exporter.target(cls), "kwargs": args, "name": directory_name}
         if cls is ConsoleMetricExporter or not export_process.enabled():
             readers.append(PeriodicExportingMetricReader(exporter_class(**args)))
         else:
