@@ -26,17 +26,19 @@ def mark_of(data: MetricsData) -> str:
 
 
 class RecordingExporter(MetricExporter):
-    """Appends the mark of each export it accepts to ``record``; refuses (FAILURE) while ``refuse`` exists."""
+    """Appends the mark of each export it accepts to ``record``; refuses (FAILURE) every export while
+    ``refuse`` exists (an outage), and always those marked one of ``refused`` (a 400)."""
 
-    def __init__(self, record: str, refuse: str = "", **kwargs: Any) -> None:
+    def __init__(self, record: str, refuse: str = "", refused: tuple[str, ...] = (), **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.record = record
         self.refuse = refuse
+        self.refused = refused
         self.tries = 0
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
         self.tries += 1
-        if self.refuse and os.path.exists(self.refuse):
+        if (self.refuse and os.path.exists(self.refuse)) or mark_of(metrics_data) in self.refused:
             return MetricExportResult.FAILURE
         with open(self.record, "a", encoding="utf-8") as file:
             file.write(mark_of(metrics_data) + "\n")

@@ -184,6 +184,34 @@ def test_shutdown_keeps_the_rest_and_the_next_process_sends_it_first(
     assert list((tmp_path / "journal").iterdir()) == []
 
 
+def test_an_export_refused_for_good_does_not_hold_back_the_rest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    kwargs = {"record": str(tmp_path / "accepted"), "refused": ("bad",)}
+    exporter = DurableMetricExporter(target(RecordingExporter), kwargs, directory=tmp_path / "journal", policy=FAST)
+    with caplog.at_level(logging.ERROR):
+        for mark in ("1", "bad", "2", "3"):
+            exporter.export(marked(mark))
+        assert exporter.force_flush(30_000)
+    exporter.shutdown()
+    assert recorded(tmp_path / "accepted") == ["1", "2", "3"]
+    dropped = [r.getMessage() for r in caplog.records if "is dropped" in r.getMessage()]
+    assert len(dropped) == 1, dropped
+    assert list((tmp_path / "journal").iterdir()) == []
+
+
+def test_an_outage_drops_nothing_however_often_the_next_export_is_tried(tmp_path: Path) -> None:
+    (tmp_path / "down").touch()
+    exporter = durable(tmp_path)
+    for mark in ("1", "2", "3"):
+        exporter.export(marked(mark))
+    until(lambda: exporter.exporter.tries >= 4 * FAST.probe_every, "several probes of the next export")
+    (tmp_path / "down").unlink()
+    assert exporter.force_flush(30_000)
+    exporter.shutdown()
+    assert recorded(tmp_path / "accepted") == ["1", "2", "3"]
+
+
 def test_a_recovery_that_dies_half_way_leaves_only_the_rest(tmp_path: Path) -> None:
     directory = tmp_path / "journal"
     path = dead_journal(directory, ["1", "2", "3"], destination=durable(tmp_path).destination())

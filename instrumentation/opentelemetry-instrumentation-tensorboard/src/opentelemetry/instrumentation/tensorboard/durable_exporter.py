@@ -12,6 +12,9 @@ wraps any push exporter (``"module:Class"`` and its keyword arguments) so that:
 - a background thread hands the entries, oldest first, to the real exporter; an entry is
   acknowledged in the journal once that exporter returns SUCCESS (the journal file goes when all
   are), and stays on FAILURE, retried in order with a capped back-off (:class:`RetryPolicy`);
+  after every ``probe_every`` failures the next entry is tried once, and if it is accepted the
+  oldest is refused for good (a 400, a request too large: the exporter does not say why it
+  failed), not delayed by an outage, and is dropped rather than holding back the rest for ever;
 - at shutdown it keeps trying for at most ``RetryPolicy.shutdown_seconds`` (10 s, or less if the
   shutdown's own timeout is shorter), then leaves the rest on disk and says once where, and that
   the next start sends it;
@@ -74,6 +77,7 @@ class RetryPolicy:
     max_delay: float = 30.0
     shutdown_seconds: float = 10.0
     shutdown_delay: float = 0.5  # between two tries while shutting down
+    probe_every: int = 3  # failures of the oldest entry after which the next one is tried once
 
     def delay(self, failures: int) -> float:
         """Seconds to wait after ``failures`` failures in a row (``failures`` >= 1)."""
@@ -166,11 +170,11 @@ class DurableMetricExporter(MetricExporter):
         self._pending: deque[_Entry] = deque()
         self._journal: journal.Journal | None = None
         self._claimed: list[journal.Journal] = []
+        self._counts: dict[int, int] = {}  # entries in the queue per journal (by id)
         self._started = False
         self._direct = False  # no journal: export as unwrapped
         self._closing = False
         self._deadline = 0.0
-        self._sending = False
         self._thread: threading.Thread | None = None
         self._quiet = _QuietWhileRetrying(self)
         self._failures = 0
@@ -209,7 +213,7 @@ class DurableMetricExporter(MetricExporter):
                     _logger.warning("tensorboard: an export could not be journaled (%r); exported directly", exc)
                     direct = True
                 else:
-                    self._pending.append(self._append(payload))
+                    self._queue(self._append(payload))
                     self._cond.notify_all()
         if direct:
             return self._inner.export(metrics_data, timeout_millis, **kwargs)
@@ -295,7 +299,7 @@ class DurableMetricExporter(MetricExporter):
                 continue
             self._claimed.append(claimed)
             for seq, offset, length in contents.pending:
-                self._pending.append(_Entry(claimed, seq, offset, length))
+                self._queue(_Entry(claimed, seq, offset, length))
                 recovered += 1
             points_recovered += _count_points(claimed, contents)
         if recovered:
@@ -308,6 +312,11 @@ class DurableMetricExporter(MetricExporter):
         self._journal = own
         self._thread = threading.Thread(target=self._send_loop, name="DurableMetricExporter", daemon=True)
         self._thread.start()
+
+    def _queue(self, entry: _Entry) -> None:
+        self._pending.append(entry)
+        if entry.journal is not None:
+            self._counts[id(entry.journal)] = self._counts.get(id(entry.journal), 0) + 1
 
     def _append(self, payload: bytes) -> _Entry:
         own = self._journal
@@ -334,8 +343,11 @@ class DurableMetricExporter(MetricExporter):
             owner.acknowledge(entry.seq)
         except OSError as exc:
             _logger.warning("tensorboard: cannot acknowledge in %s (%s)", owner.path, exc)
-        if self._pending and self._pending[0].journal is owner:  # a journal's entries are contiguous in the queue
+        left = self._counts[id(owner)] - 1
+        if left:
+            self._counts[id(owner)] = left
             return
+        del self._counts[id(owner)]
         owner.remove()
         if owner is not self._journal:  # a dead process's journal, all sent
             owner.close()
@@ -354,10 +366,8 @@ class DurableMetricExporter(MetricExporter):
                     if not self._pending or (self._closing and time.monotonic() >= self._deadline):
                         return
                     entry = self._pending[0]
-                    self._sending = True
                 result = self._send(entry)
                 with self._cond:
-                    self._sending = False
                     if result:
                         if self._pending and self._pending[0] is entry:
                             self._pending.popleft()
@@ -384,11 +394,45 @@ class DurableMetricExporter(MetricExporter):
                         delay = self.policy.shutdown_delay
                         self._cond.wait(max(min(delay, self._deadline - time.monotonic()), 0))
                     else:
+                        if self._failures % self.policy.probe_every == 0 and len(self._pending) > 1:
+                            self._cond.release()
+                            try:
+                                refused = self._probe(entry)
+                            finally:
+                                self._cond.acquire()
+                            if refused:
+                                continue
                         self._cond.wait(self.policy.delay(self._failures))
         finally:
             logger.removeFilter(self._quiet)
             with self._cond:
                 self._cond.notify_all()
+
+    def _probe(self, head: _Entry) -> bool:
+        """Tries the entry after ``head``: if it is accepted, ``head`` is refused for good (a 400, a request
+        too large), not delayed by an outage, and is dropped so that it cannot hold back the rest for ever.
+        The exporter does not say why it failed; this is how its answer is told from an outage."""
+        with self._cond:
+            if len(self._pending) < 2 or self._pending[0] is not head:
+                return False
+            second = self._pending[1]
+        if not self._send(second):
+            return False
+        with self._cond:
+            self._pending.remove(second)
+            self._acknowledge(second)
+            self._pending.remove(head)
+            self._acknowledge(head)
+            self._failures = 0
+            self._cond.notify_all()
+        _logger.error(
+            "tensorboard: %s refuses an export that it was offered %d times while it accepts the ones after "
+            "it; that export (%s) is dropped",
+            self._describe(),
+            self.policy.probe_every,
+            head.journal.path if head.journal is not None else "in memory",
+        )
+        return True
 
     def _send(self, entry: _Entry) -> bool:
         """One try; whether the real exporter accepted the entry (an entry that cannot be read is dropped)."""
