@@ -59,6 +59,10 @@ def _main(argv: list[str] | None) -> int:
         default=3600,
         help="seconds without points after which a run whose job vanished is ended KILLED (0: never)",
     )
+    receive.add_argument("--tls-cert", type=Path, default=None, help="serve HTTPS with this PEM certificate (chain)")
+    receive.add_argument(
+        "--tls-key", type=Path, default=None, help="the certificate's PEM private key (if not in the --tls-cert file)"
+    )
 
     imports = commands.add_parser(
         "import",
@@ -93,6 +97,8 @@ def _main(argv: list[str] | None) -> int:
         token=args.token,
         max_body=args.max_body,
         silence=args.silence,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
 
 

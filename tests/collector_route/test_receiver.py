@@ -472,3 +472,134 @@ def test_a_run_whose_job_vanished_is_ended_killed_after_the_silence(
     run = reader.only_run(experiment)
     assert run.info.status == "KILLED"
     assert run.info.end_time == math.floor(Fraction(T0 + 1 / 1000) * 1000)  # its last point's time
+
+
+def test_a_chunked_body_lands_and_one_growing_past_max_body_is_413(
+    mlflow_server: MlflowServer, reader: MlflowReader, experiment: str
+) -> None:
+    body = sdk_request(experiment, [("loss", 0.5, 0), ("loss", 0.25, 1)]).SerializeToString()
+    pieces = [body[i : i + 100] for i in range(0, len(body), 100)]
+    with Receiver(port=0, tracking_uri=mlflow_server.uri, token="", max_body=len(body)) as receiver:
+        # A generator body: requests sends it chunked, without a Content-Length.
+        landed = requests.post(receiver.url, data=iter(pieces), headers=PROTOBUF, timeout=30)
+        assert landed.request.headers["Transfer-Encoding"] == "chunked"
+        assert landed.status_code == 200, landed.content
+        too_big = requests.post(receiver.url, data=iter([*pieces, b"\0"]), headers=PROTOBUF, timeout=30)
+        assert too_big.status_code == 413
+        assert "max_body" in status(too_big).message
+    assert [row[0] for row in reader.history(reader.only_run(experiment).info.run_id, "receiver/loss")] == [0, 1]
+
+
+def test_a_transfer_coding_other_than_chunked_is_411_in_the_request_encoding(receiver: Receiver) -> None:
+    import socket  # noqa: PLC0415
+
+    head = b"POST /v1/metrics HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    with socket.create_connection((receiver.host, receiver.port), timeout=30) as connection:
+        connection.sendall(head + b"Transfer-Encoding: gzip\r\n\r\n")
+        answer = b""
+        while chunk := connection.recv(1 << 16):  # the connection closes after the answer
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 411 "), answer[:200]
+    headers, _, body = answer.partition(b"\r\n\r\n")
+    assert b"\r\ncontent-type: application/json" in headers.lower()
+    assert "Transfer-Encoding: chunked" in json.loads(body)["message"]
+
+
+def test_a_refused_body_is_read_away_and_its_connection_carries_the_next_request(mlflow_server: MlflowServer) -> None:
+    big = b"\0" * 5_000_000  # far more than the socket buffers hold
+    with Receiver(port=0, tracking_uri=mlflow_server.uri, token="s3cret", max_body=1_000) as receiver:
+        session = requests.Session()
+        unauthorized = session.post(receiver.url, data=big, headers=PROTOBUF, timeout=60)
+        assert unauthorized.status_code == 401
+        assert "Connection" not in unauthorized.headers  # kept: the rest of the body is read away
+        ports = {connection.client[1] for connection in receiver._connections}
+        authorized = session.post(receiver.url, data=b"", headers={**PROTOBUF, "Authorization": "Bearer s3cret"})
+        assert authorized.status_code == 200
+        assert {connection.client[1] for connection in receiver._connections} == ports  # the same connection
+        # Over max_body: answered, then the body read away and the connection closed.
+        too_big = session.post(receiver.url, data=big, headers={**PROTOBUF, "Authorization": "Bearer s3cret"})
+        assert too_big.status_code == 413
+        assert too_big.headers["Connection"] == "close"
+        session.close()
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    import datetime  # noqa: PLC0415
+    import ipaddress  # noqa: PLC0415
+
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tracelet receiver test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "receiver.crt", folder / "receiver.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+def test_tls_serves_https_with_the_given_certificate(
+    mlflow_server: MlflowServer, reader: MlflowReader, experiment: str, tmp_path: Path
+) -> None:
+    cert, key = _self_signed(tmp_path)
+    body = sdk_request(experiment, [("loss", 0.5, 0)]).SerializeToString()
+    with Receiver(port=0, tracking_uri=mlflow_server.uri, token="", tls_cert=cert, tls_key=key) as receiver:
+        assert receiver.url.startswith("https://127.0.0.1:")
+        with pytest.raises(requests.exceptions.SSLError):  # a client that does not trust the certificate
+            requests.post(receiver.url, data=body, headers=PROTOBUF, timeout=30)
+        with pytest.raises(requests.exceptions.ConnectionError):  # plain HTTP to a TLS port
+            requests.post(receiver.url.replace("https://", "http://"), data=body, headers=PROTOBUF, timeout=30)
+        response = requests.post(receiver.url, data=body, headers=PROTOBUF, timeout=30, verify=str(cert))
+        assert response.status_code == 200, response.content
+    assert [row[0] for row in reader.history(reader.only_run(experiment).info.run_id, "receiver/loss")] == [0]
+
+
+def test_cli_receiver_serves_tls_until_sigterm(
+    mlflow_server: MlflowServer, reader: MlflowReader, experiment: str, tmp_path: Path
+) -> None:
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from support.collector import free_port, stop_process  # noqa: PLC0415
+    from support.env import subprocess_env  # noqa: PLC0415
+
+    cert, key = _self_signed(tmp_path)
+    port = free_port()
+    args = ["receive", "--port", str(port), "--tracking-uri", mlflow_server.uri, "--tls-cert", str(cert)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tracelet.cli", *args, "--tls-key", str(key)],
+        env=subprocess_env(),
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:  # wait until it listens
+            if "OTLP/HTTP on" in line:
+                break
+        assert f"https://127.0.0.1:{port}/v1/metrics" in line
+        body = sdk_request(experiment, [("loss", 0.5, 0)]).SerializeToString()
+        url = f"https://127.0.0.1:{port}/v1/metrics"
+        assert requests.post(url, data=body, headers=PROTOBUF, timeout=60, verify=str(cert)).status_code == 200
+    finally:
+        assert stop_process(process) == 0
+    assert [row[0] for row in reader.history(reader.only_run(experiment).info.run_id, "receiver/loss")] == [0]
