@@ -21,15 +21,19 @@ from pathlib import Path
 import pytest
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.sdk.metrics import Counter
-from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricExportResult
+from opentelemetry.sdk.metrics.export import AggregationTemporality, ConsoleMetricExporter, MetricExportResult
 from recording_exporter import RecordingExporter, mark_of, marked, recorded
 
-from opentelemetry.instrumentation.tensorboard import journal
+from opentelemetry.instrumentation.tensorboard import configurator, journal
 from opentelemetry.instrumentation.tensorboard.durable_exporter import (
     DurableMetricExporter,
     RetryPolicy,
     default_directory,
     target,
+)
+from opentelemetry.instrumentation.tensorboard.environment_variables import (
+    OTEL_PYTHON_TENSORBOARD_EXPORT_PROCESS,
+    OTEL_PYTHON_TENSORBOARD_JOURNAL_DIR,
 )
 from opentelemetry.instrumentation.tensorboard.export_process import ProcessMetricExporter, dumps
 
@@ -303,8 +307,34 @@ def test_the_real_exporters_preferences_reach_the_reader(tmp_path: Path) -> None
 
 
 def test_default_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("OTEL_PYTHON_TENSORBOARD_JOURNAL_DIR", raising=False)
+    monkeypatch.delenv(OTEL_PYTHON_TENSORBOARD_JOURNAL_DIR, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert default_directory("otlp") == tmp_path / "cache" / "opentelemetry-tensorboard" / "otlp"
-    monkeypatch.setenv("OTEL_PYTHON_TENSORBOARD_JOURNAL_DIR", str(tmp_path / "j"))
+    monkeypatch.setenv(OTEL_PYTHON_TENSORBOARD_JOURNAL_DIR, str(tmp_path / "j"))
     assert default_directory("otlp_proto_http") == tmp_path / "j" / "otlp_proto_http"
+
+
+def test_the_configurator_wraps_the_otlp_exporter_in_the_export_process_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    built: list[object] = []
+    monkeypatch.setattr(configurator, "PeriodicExportingMetricReader", lambda exporter, **_: built.append(exporter))
+    monkeypatch.setattr(configurator, "meter_provider", lambda *args, **kwargs: None)
+    monkeypatch.setattr(configurator, "set_meter_provider", lambda provider: None)
+    monkeypatch.setenv(OTEL_PYTHON_TENSORBOARD_JOURNAL_DIR, str(tmp_path))
+    monkeypatch.delenv(OTEL_PYTHON_TENSORBOARD_EXPORT_PROCESS, raising=False)
+    configurator._init_metrics({"otlp_proto_http": OTLPMetricExporter, "console": ConsoleMetricExporter})
+    helper, console = built
+    assert isinstance(helper, ProcessMetricExporter)
+    wrapper = helper.exporter
+    assert isinstance(wrapper, DurableMetricExporter)
+    assert type(wrapper.exporter) is OTLPMetricExporter
+    assert wrapper.directory == tmp_path / "otlp"
+    assert type(console) is ConsoleMetricExporter
+    helper.shutdown()
+
+    built.clear()
+    monkeypatch.setenv(OTEL_PYTHON_TENSORBOARD_EXPORT_PROCESS, "false")
+    configurator._init_metrics({"otlp": OTLPMetricExporter})
+    assert [type(exporter) for exporter in built] == [OTLPMetricExporter]
+    assert list(tmp_path.iterdir()) == []

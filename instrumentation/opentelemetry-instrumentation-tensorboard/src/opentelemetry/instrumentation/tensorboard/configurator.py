@@ -6,11 +6,12 @@ configurator builds it with :func:`~opentelemetry.instrumentation.tensorboard.re
 ``always_on`` filter, and runs each push exporter chosen by ``OTEL_METRICS_EXPORTER`` (but the
 console's) in a helper process (:mod:`~opentelemetry.instrumentation.tensorboard.export_process`),
 collecting every 5 s unless ``OTEL_METRIC_EXPORT_INTERVAL`` says otherwise (what a killed
-process can lose). The OTLP exporters run inside a
-:class:`~opentelemetry.instrumentation.tensorboard.durable_exporter.DurableMetricExporter`, in the
-helper or in process alike, so an export the collector does not accept in time waits on local disk
-instead of being dropped after the SDK's 10 s of retries. Everything else (traces, logs, resource)
-is the SDK's own. The distro selects it and sets defaults fit for a training job.
+process can lose). In the helper the OTLP exporters run inside a
+:class:`~opentelemetry.instrumentation.tensorboard.durable_exporter.DurableMetricExporter`, so an
+export the collector does not accept in time waits on local disk instead of being dropped after
+the SDK's 10 s of retries (not with ``OTEL_PYTHON_TENSORBOARD_EXPORT_PROCESS=false``: see there).
+Everything else (traces, logs, resource) is the SDK's own. The distro selects it and sets defaults
+fit for a training job.
 
 Entry points: ``opentelemetry_distro`` and ``opentelemetry_configurator``, both ``tensorboard``.
 When another distro is installed too (e.g. ``opentelemetry-distro``), choose this one with
@@ -95,18 +96,18 @@ def _init_metrics(
         if issubclass(cls, MetricReader):
             readers.append(cls(**args))
             continue
+        if cls is ConsoleMetricExporter or not export_process.enabled():
+            readers.append(PeriodicExportingMetricReader(cls(**args)))
+            continue
         exporter_class: type = cls
         if durable_exporter.wrapped(cls):  # journaled until the destination accepts (a collector outage)
             exporter_class = durable_exporter.DurableMetricExporter
             # One directory for the OTLP exporters (``otlp``, ``otlp_proto_http``, ``otlp_proto_grpc``).
             directory_name = "otlp" if name.startswith("otlp") else name
             args = {"exporter": durable_exporter.target(cls), "kwargs": args, "name": directory_name}
-        if cls is ConsoleMetricExporter or not export_process.enabled():
-            readers.append(PeriodicExportingMetricReader(exporter_class(**args)))
-        else:
-            exporter = export_process.ProcessMetricExporter(exporter_class, args)
-            interval = export_process.interval_millis()
-            readers.append(PeriodicExportingMetricReader(exporter, export_interval_millis=interval))
+        exporter = export_process.ProcessMetricExporter(exporter_class, args)
+        interval = export_process.interval_millis()
+        readers.append(PeriodicExportingMetricReader(exporter, export_interval_millis=interval))
     provider = meter_provider(readers, resource, **_sdk_compat.meter_configurator_option(meter_configurator))
     set_meter_provider(provider)
     if system_metrics.enabled():

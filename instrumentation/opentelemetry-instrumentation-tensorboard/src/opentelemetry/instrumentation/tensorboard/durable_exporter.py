@@ -31,9 +31,11 @@ process died after the destination accepted it and before the acknowledgement wa
 shutdown gave up on an export still in flight) is stored once: the receiver drops a body it just
 delivered, and MLflow's metric table keys a point by (run, key, step, timestamp, value).
 
-The ``tensorboard`` configurator wraps the OTLP exporters this way, in the export process and, with
-``OTEL_PYTHON_TENSORBOARD_EXPORT_PROCESS=false``, in the training process too (the same guarantee,
-at the cost of one pickle per export on the reader's thread). Not wrapped: the MLflow exporter,
+The ``tensorboard`` configurator wraps the OTLP exporters this way in the export process (and in
+the training process only where no export process can start). With
+``OTEL_PYTHON_TENSORBOARD_EXPORT_PROCESS=false`` the exporters stay as the SDK makes them: that
+setting asks for nothing beside the training thread, and a journal there would add a pickle per
+export and a second busy thread under the training process's GIL. Not wrapped: the MLflow exporter,
 which journals and spools its rows itself, and the console exporter, whose output is the
 script's stdout. Where journals cannot be kept (no ``flock``, a directory that cannot be written)
 the exporter exports directly, as unwrapped, and says so once.
@@ -409,9 +411,10 @@ class DurableMetricExporter(MetricExporter):
                 self._cond.notify_all()
 
     def _probe(self, head: _Entry) -> bool:
-        """Tries the entry after ``head``: if it is accepted, ``head`` is refused for good (a 400, a request
-        too large), not delayed by an outage, and is dropped so that it cannot hold back the rest for ever.
-        The exporter does not say why it failed; this is how its answer is told from an outage."""
+        """Tries the entry after ``head``, then ``head`` once more: if the one is accepted and ``head`` is
+        still not, ``head`` is refused for good (a 400, a request too large), not delayed by an outage
+        (the exporter does not say why it failed), and is dropped so that it cannot hold back the rest
+        for ever. Whether ``head`` left the queue, either way."""
         with self._cond:
             if len(self._pending) < 2 or self._pending[0] is not head:
                 return False
@@ -421,17 +424,20 @@ class DurableMetricExporter(MetricExporter):
         with self._cond:
             self._pending.remove(second)
             self._acknowledge(second)
+        accepted = self._send(head)  # the destination may have come back just now: not refused after all
+        with self._cond:
             self._pending.remove(head)
             self._acknowledge(head)
             self._failures = 0
             self._cond.notify_all()
-        _logger.error(
-            "tensorboard: %s refuses an export that it was offered %d times while it accepts the ones after "
-            "it; that export (%s) is dropped",
-            self._describe(),
-            self.policy.probe_every,
-            head.journal.path if head.journal is not None else "in memory",
-        )
+        if not accepted:
+            _logger.error(
+                "tensorboard: %s refuses an export it was offered %d times while it accepts the one after it; "
+                "that export (in %s) is dropped",
+                self._describe(),
+                self.policy.probe_every + 1,
+                head.journal.path if head.journal is not None else "memory",
+            )
         return True
 
     def _send(self, entry: _Entry) -> bool:
