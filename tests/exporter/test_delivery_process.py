@@ -309,7 +309,7 @@ def test_sigterm_with_mlflow_down_spools_everything_within_the_grace_period(tmp_
         _out, errors = process.communicate(timeout=30)
         assert graceful, "the job outlived the grace period"
         assert "Traceback" not in errors
-        assert "tracelet upload --spool-dir" in errors  # the message says where the points are
+        assert "opentelemetry-exporter-mlflow upload --spool-dir" in errors  # the message says where the points are
         server.start()
         _upload(spool, env, server.uri)
         mlflow = Mlflow(server.uri)

@@ -163,7 +163,7 @@ def test_points_spooled_while_mlflow_never_answers_are_uploaded_later_once(
             expected["train/loss"].append((step, step / 3, (T0 + step) * 1000))
         writer.close()
         provider.shutdown()
-    told = [r for r in caplog.records if "tracelet upload --spool-dir" in r.getMessage()]
+    told = [r for r in caplog.records if "opentelemetry-exporter-mlflow upload --spool-dir" in r.getMessage()]
     assert len(told) == 1 and str(spool) in told[0].getMessage() and "3000 points" in told[0].getMessage()
     assert list(spool.glob("*.jsonl")) and not list(spool.glob("*.lock"))
 

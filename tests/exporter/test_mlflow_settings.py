@@ -94,3 +94,47 @@ def test_a_bad_value_warns_naming_the_variable_and_the_default_applies(
     )
     for name in named:
         assert f"{name}=" in said, said
+
+
+def test_tracelet_names_are_read_as_aliases_and_the_otel_name_wins(
+    installs: list[bool], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert environment_variables.ALIASES == {OTEL_EXPORTER_MLFLOW_SPOOL_DIR: (SPOOL_DIR_ALIAS,)}
+    name, alias = OTEL_EXPORTER_MLFLOW_SPOOL_DIR, SPOOL_DIR_ALIAS
+    monkeypatch.delenv(alias, raising=False)
+    monkeypatch.setenv(alias, str(tmp_path / "alias"))
+    assert MlflowMetricExporter(tracking_uri=URI).spool_dir == tmp_path / "alias"
+    monkeypatch.setenv(name, str(tmp_path / "otel"))
+    assert MlflowMetricExporter(tracking_uri=URI).spool_dir == tmp_path / "otel"
+    monkeypatch.setenv(name, "  ")  # blank counts as unset
+    assert MlflowMetricExporter(tracking_uri=URI).spool_dir == tmp_path / "alias"
+
+
+def test_bad_values_never_stop_an_import_and_are_reported_once_at_construction(tmp_path: Path) -> None:
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from support.env import subprocess_env  # noqa: PLC0415
+
+    script = (
+        "import logging, opentelemetry.exporter.mlflow as m\n"
+        "logging.basicConfig(level=logging.WARNING, format='%(message)s')\n"
+        "print('imported', flush=True)\n"
+        f"for _ in range(2): m.MlflowMetricExporter(tracking_uri={URI!r}, spool_dir={str(tmp_path)!r})\n"
+    )
+    env = subprocess_env(
+        **{
+            OTEL_EXPORTER_MLFLOW_MAX_QUEUE_POINTS: "lots",
+            OTEL_EXPORTER_MLFLOW_EXPORT_TIMEOUT: "soon",
+            OTEL_EXPORTER_MLFLOW_HANDLE_PROCESS_EXIT: "perhaps",
+        }
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "imported\n", done.stderr
+    for name in (
+        OTEL_EXPORTER_MLFLOW_MAX_QUEUE_POINTS,
+        OTEL_EXPORTER_MLFLOW_EXPORT_TIMEOUT,
+        OTEL_EXPORTER_MLFLOW_HANDLE_PROCESS_EXIT,
+    ):
+        assert done.stderr.count(f"{name}=") == 1, done.stderr  # one message per variable, two exporters made
+    assert "Traceback" not in done.stderr

@@ -234,7 +234,9 @@ def test_otlp_and_sdk_paths_map_identically(captured) -> None:
     assert all(same)
 
 
-def test_params_and_metadata_are_sent_when_they_change(tmp_path) -> None:
+def test_every_batch_carries_the_params_and_metadata_its_points_imply(tmp_path) -> None:
+    """The mapper keeps no record of delivery: which of these MLflow holds is the writer's to know
+    (tests/exporter/test_writer_acknowledged.py: each is sent again only when it changes)."""
     reader = InMemoryMetricReader()
     provider = meter_provider([reader])
     meter = provider.get_meter("tracelet")
@@ -247,8 +249,8 @@ def test_params_and_metadata_are_sent_when_they_change(tmp_path) -> None:
     assert first.tags == {"metric.acc.dataset": "validation", "metric.acc.metric_type": "accuracy"}
     recorder.scalar("acc", 0.95, 2, 11.0, None, {"dataset": "test", "metric_type": "accuracy"})
     (second,) = mapper.from_sdk(reader.get_metrics_data())
-    assert second.params == {}  # already sent; the info series is exported again
-    assert second.tags == {"metric.acc.dataset": "test"}
+    assert second.params == {"lr": "0.1"}  # the info series is exported again
+    assert second.tags == {"metric.acc.dataset": "test", "metric.acc.metric_type": "accuracy"}
     assert [(k, v, s) for k, v, _, s in second.metrics] == [("acc", 0.95, 2)]
     provider.shutdown()
 
@@ -347,7 +349,7 @@ def test_the_description_names_script_version_and_log_dirs_and_grows_with_writer
         "Script: `/home/me/project/train.py`"
     )
     (again,) = mapper.map([(SOURCE, *_scalar("runs/exp/train", "train"))])
-    assert "mlflow.note.content" not in again.tags  # unchanged: not sent again
+    assert again.tags["mlflow.note.content"] == first.tags["mlflow.note.content"]  # unchanged
     (grown,) = mapper.map([(SOURCE, *_scalar("runs/exp/validation", "validation"))])
     assert (
         "Log dirs: `runs/exp/train` (keys `train/...`), `runs/Dec01_host`, "

@@ -7,7 +7,14 @@ milliseconds, as every ``OTEL_*_TIMEOUT`` is. A value that cannot be read is rep
 the variable, and the default applies. Where the tracking server is and which run or experiment
 to write into are MLflow's own variables (``MLFLOW_TRACKING_URI``, ``MLFLOW_EXPERIMENT_NAME``,
 ``MLFLOW_EXPERIMENT_ID``, ``MLFLOW_RUN_ID``), read as MLflow reads them.
+
+tracelet's names (``TRACELET_*``) are read too, as aliases (:data:`ALIASES`): here, the one place
+that knows them, so nothing else in the exporter does.
 """
+
+from __future__ import annotations
+
+from opentelemetry.instrumentation.tensorboard.environment_variables import read_text
 
 OTEL_EXPORTER_MLFLOW_SPOOL_DIR = "OTEL_EXPORTER_MLFLOW_SPOOL_DIR"
 """
@@ -20,6 +27,9 @@ name for the same directory, is an alias (:data:`SPOOL_DIR_ALIAS`); this name wi
 
 SPOOL_DIR_ALIAS = "TRACELET_SPOOL_DIR"
 """tracelet's name for :data:`OTEL_EXPORTER_MLFLOW_SPOOL_DIR`, read too, so job scripts that set it keep working."""
+
+ALIASES: dict[str, tuple[str, ...]] = {OTEL_EXPORTER_MLFLOW_SPOOL_DIR: (SPOOL_DIR_ALIAS,)}
+"""Other names each variable is read under, after its own (which wins when both are set)."""
 
 OTEL_EXPORTER_MLFLOW_MAX_QUEUE_POINTS = "OTEL_EXPORTER_MLFLOW_MAX_QUEUE_POINTS"
 """
@@ -52,3 +62,8 @@ Whether the exporter chains ``sys.excepthook`` (runs end FAILED on an uncaught e
 handles SIGTERM (runs end KILLED) (``handle_process_exit``): ``true`` (default) or ``false``, for a
 process whose framework owns those hooks.
 """
+
+
+def read_spool_dir() -> str | None:
+    """:data:`OTEL_EXPORTER_MLFLOW_SPOOL_DIR`, else its aliases; ``None`` when none is set (blank counts as unset)."""
+    return read_text(OTEL_EXPORTER_MLFLOW_SPOOL_DIR, *ALIASES[OTEL_EXPORTER_MLFLOW_SPOOL_DIR])

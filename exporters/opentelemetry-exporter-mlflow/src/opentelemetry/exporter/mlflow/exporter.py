@@ -39,7 +39,6 @@ from opentelemetry.sdk.metrics.export import (
     MetricsData,
 )
 
-from opentelemetry.exporter.mlflow.delivery import check_tracking_uri, default_tracking_uri
 from opentelemetry.exporter.mlflow.environment_variables import (
     OTEL_EXPORTER_MLFLOW_EXPORT_TIMEOUT,
     OTEL_EXPORTER_MLFLOW_HANDLE_PROCESS_EXIT,
@@ -47,9 +46,11 @@ from opentelemetry.exporter.mlflow.environment_variables import (
     OTEL_EXPORTER_MLFLOW_TIMEOUT,
 )
 from opentelemetry.exporter.mlflow.mapping import SOURCE_TYPE, Mapper
+from opentelemetry.exporter.mlflow.reporting import ReportOnce
 from opentelemetry.exporter.mlflow.resource import source_attributes
 from opentelemetry.exporter.mlflow.sender import Sender
 from opentelemetry.exporter.mlflow.spool import default_spool_dir
+from opentelemetry.exporter.mlflow.tracking_uri import check_tracking_uri, default_tracking_uri
 from opentelemetry.instrumentation.tensorboard import lifecycle
 from opentelemetry.instrumentation.tensorboard._sdk_compat import SdkGauge
 from opentelemetry.instrumentation.tensorboard.environment_variables import (
@@ -168,7 +169,7 @@ class MlflowMetricExporter(MetricExporter):
             request_timeout=self.request_timeout,
         )
         self._closed = False
-        self._reported: set[str] = set()
+        self._report = ReportOnce(_logger)
 
         if handle_process_exit:
             lifecycle.install()
@@ -219,10 +220,3 @@ class MlflowMetricExporter(MetricExporter):
         """Backstop for a provider that is never shut down."""
         if os.getpid() == self._pid and not self._closed and self._sender.started:
             self.shutdown()
-
-    # Misc ---------------------------------------------------------------------------------------
-
-    def _report(self, what: str, message: str, *args: object) -> None:
-        if what not in self._reported:
-            self._reported.add(what)
-            _logger.warning(message, *args)

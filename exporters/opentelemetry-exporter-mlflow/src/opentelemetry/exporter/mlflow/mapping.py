@@ -49,13 +49,18 @@ Point
 
 Metadata
     every other per-point attribute (``metric_type``, user metadata such as ``dataset``) becomes
-    the run tag ``metric.<key>.<attribute>``, sent when its value changes.
+    the run tag ``metric.<key>.<attribute>``.
 
 Hyperparameters (``tensorboard.hparam`` series)
-    run param ``<name>`` = ``str(value)`` (at most 6,000 characters), sent once.
+    run param ``<name>`` = ``str(value)`` (at most 6,000 characters).
 
 Run tags (``mlflow.run.tag`` series, an info gauge with ``mlflow.tag.name`` and ``mlflow.tag.value``)
-    run tag ``<name>`` = ``str(value)`` (at most 8,000 characters), sent when it changes.
+    run tag ``<name>`` = ``str(value)`` (at most 8,000 characters).
+
+Every batch carries the params and tags its points imply, whether or not an earlier one did: which
+of them MLflow already holds is for delivery to know, and
+:class:`~opentelemetry.exporter.mlflow.writer.MlflowWriter` sends each again only when its value
+changes. The mapper remembers only what mapping needs (the keys it gave, the log dirs it saw).
 
 System and GPU samples (the system-metrics meter's ``system.*``, ``process.*``, ``hw.*``)
     ``system/...`` keys named as MLflow's own system metrics, step = the sample's index, timestamp =
@@ -74,6 +79,7 @@ from typing import Any
 
 from opentelemetry.sdk.metrics.export import AggregationTemporality
 
+from opentelemetry.exporter.mlflow.reporting import ReportOnce
 from opentelemetry.exporter.mlflow.system_keys import READ as SYSTEM_READ
 from opentelemetry.exporter.mlflow.system_keys import SCOPE as SYSTEM_SCOPE
 from opentelemetry.exporter.mlflow.system_keys import Sample, SystemKeys
@@ -235,16 +241,17 @@ def _integer(value: Any) -> int | None:
 
 
 class Mapper:
-    """Maps flat points to MLflow rows; remembers what it reported and which params/tags it sent."""
+    """Maps flat points to MLflow rows; remembers the keys it gave and what it reported, not what was delivered."""
 
     def __init__(self, default_experiment: str | None = None) -> None:
         self.default_experiment = default_experiment
         self._keys: dict[tuple[RunKey, str, str | None, str | None], str] = {}
         self._owners: dict[RunKey, dict[str, tuple[str, str, str]]] = {}  # key -> the series holding it
-        self._sent: dict[RunKey, dict[str, str]] = {}  # params and metadata tags already emitted
+        self._metadata_tags: dict[tuple[str, str], str] = {}  # (key, attribute) -> run tag
         self._log_dirs: dict[RunKey, dict[str, str]] = {}  # writer label ("" for none) -> log dir
+        self._notes: dict[RunKey, str] = {}  # the description of each run, as its log dirs make it
         self._described: set[RunKey] = set()  # runs whose script sets the description itself
-        self._reported: set[str] = set()
+        self._report = ReportOnce(_logger)
         self._system = SystemKeys()
 
     def key(self, run: RunKey, tag: str, log_dir: str | None, writer: str | None) -> str:
@@ -281,9 +288,7 @@ class Mapper:
 
     def report(self, what: str, message: str, *args: object) -> None:
         """Logs ``message`` the first time ``what`` happens."""
-        if what not in self._reported:
-            self._reported.add(what)
-            _logger.warning(message, *args)
+        self._report(what, message, *args)
 
     def map(self, points: Iterable[Flat], samples: Iterable[Sample] = ()) -> list[RunBatch]:
         """The rows of ``points`` (TensorBoard scalars, hparams, run tags) and ``samples`` (system metrics), by run."""
@@ -346,25 +351,24 @@ class Mapper:
             append((key, float(value), time_unix_nano // 1_000_000, step))
 
     def _describe(self, batch: RunBatch, label: str, log_dir: str) -> None:
-        """Sends the run's description when a log dir is new (or was forgotten), unless the script set its own."""
+        """The run's description, grown by each new log dir, unless the script sets its own."""
         dirs = self._log_dirs.setdefault(batch.run, {})
-        sent = self._sent.setdefault(batch.run, {})
-        if dirs.get(label) == log_dir and "tag:" + NOTE in sent:
-            return
-        dirs[label] = log_dir
+        note = self._notes.get(batch.run)
+        if note is None or dirs.get(label) != log_dir:
+            dirs[label] = log_dir
+            note = self._notes[batch.run] = describe(batch.run, dirs)
         if batch.run not in self._described:
-            self._set_tag(batch, NOTE, describe(batch.run, dirs))
+            self._set_tag(batch, NOTE, note)
 
     def _metadata(self, batch: RunBatch, key: str, extra: Mapping[str, Any]) -> None:
-        sent = self._sent.setdefault(batch.run, {})
+        tags = self._metadata_tags
         for attribute, value in extra.items():
             if attribute == STEP:
                 continue
-            tag = "tag:" + mlflow_name(f"metric.{key}.{attribute}")
-            text = _text(value)[:MAX_TAG_VALUE]
-            if sent.get(tag) != text:
-                sent[tag] = text
-                batch.tags[tag[4:]] = text
+            tag = tags.get((key, attribute))
+            if tag is None:
+                tag = tags[(key, attribute)] = mlflow_name(f"metric.{key}.{attribute}")
+            batch.tags[tag] = _text(value)[:MAX_TAG_VALUE]
 
     def _hparam(self, batch: RunBatch, attributes: Mapping[str, Any], value: float) -> None:
         name = attributes.get(HPARAM_NAME)
@@ -375,10 +379,7 @@ class Mapper:
         if len(text) > MAX_PARAM_VALUE:
             self.report(f"param:{param}", "MLflow keeps %d characters of param %r", MAX_PARAM_VALUE, param)
             text = text[:MAX_PARAM_VALUE]
-        sent = self._sent.setdefault(batch.run, {})
-        if sent.get("param:" + param) != text:
-            sent["param:" + param] = text
-            batch.params[param] = text
+        batch.params[param] = text
 
     def _run_tag(self, batch: RunBatch, attributes: Mapping[str, Any]) -> None:
         name = attributes.get(TAG_NAME)
@@ -390,15 +391,13 @@ class Mapper:
         self._set_tag(batch, tag, _text(attributes.get(TAG_VALUE, "")))
 
     def _set_tag(self, batch: RunBatch, tag: str, text: str) -> None:
-        text = text[:MAX_TAG_VALUE]
-        sent = self._sent.setdefault(batch.run, {})
-        if sent.get("tag:" + tag) != text:
-            sent["tag:" + tag] = text
-            batch.tags[tag] = text
+        batch.tags[tag] = text[:MAX_TAG_VALUE]
 
     def forget(self, run: RunKey) -> None:
-        """Drops what was remembered for ``run`` (params and tags are sent again if seen again)."""
-        self._sent.pop(run, None)
+        """Nothing to forget: the mapper keeps no record of what was delivered (the writer does).
+
+        Kept for callers that forget a run after a failed delivery; they need not.
+        """
 
     # Walkers -----------------------------------------------------------------------------------
 

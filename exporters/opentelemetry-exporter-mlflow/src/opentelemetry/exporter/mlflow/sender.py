@@ -5,7 +5,12 @@ them with :class:`~opentelemetry.exporter.mlflow.delivery.MlflowWriter`, in orde
 MLflow is unavailable. Above ``max_queue_points`` queued points the oldest go to the durable spool
 on disk, which the sender reads back first when MLflow answers again. Shutdown waits at most its
 timeout (not at all while MLflow is known to be unavailable), spools what is left and says how to
-send it (``tracelet upload``), then sets the runs' terminal status.
+send it (``opentelemetry-exporter-mlflow upload``), then sets the runs' terminal status. Failures
+are told apart by :func:`~opentelemetry.exporter.mlflow.errors.classify` and retried after the delays
+of :data:`~opentelemetry.exporter.mlflow.retry.RETRY`.
+
+What the sender does next is one :class:`State`; what it is sending is one entry (``_inflight``),
+taken from the spool segment being read (``_reading``) or, when none is, from memory.
 
 It is the MLflow exporter's delivery, wherever the exporter runs (in the helper process of
 :mod:`~opentelemetry.instrumentation.tensorboard.export_process`, or in process).
@@ -14,28 +19,51 @@ It is the MLflow exporter's delivery, wherever the exporter runs (in the helper 
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
 
-from opentelemetry.exporter.mlflow.delivery import (
-    MlflowCredentialsRefused,
-    MlflowRejected,
-    MlflowUnavailable,
-    MlflowWriter,
-    public_uri,
-    take,
-)
+from opentelemetry.exporter.mlflow.batching import take
+from opentelemetry.exporter.mlflow.errors import Failure, MlflowRejected, MlflowUnavailable, classify
 from opentelemetry.exporter.mlflow.mapping import INSTANCE_ID, RunBatch, RunKey
-from opentelemetry.exporter.mlflow.spool import Entry, Journal, Spool, Status, points, read, upload_spool
+from opentelemetry.exporter.mlflow.reporting import ReportOnce
+from opentelemetry.exporter.mlflow.retry import RETRY
+from opentelemetry.exporter.mlflow.spool import (
+    UPLOAD_COMMAND,
+    Entry,
+    Journal,
+    Spool,
+    Status,
+    points,
+    read,
+    upload_spool,
+)
+from opentelemetry.exporter.mlflow.tracking_uri import public_uri
+from opentelemetry.exporter.mlflow.writer import MlflowWriter
 
 _logger = logging.getLogger(__name__)
 
-_BACKOFF_FIRST, _BACKOFF_CAP = 0.25, 5.0
+
+class State(Enum):
+    """What the sender does with rows."""
+
+    OPEN = "open"  # delivers them as they come
+    REFUSED = "refused"  # MLflow refused the credentials: every row goes to the spool, none is sent
+    CLOSING = "closing"  # shut down: delivers until the shutdown's deadline
+    STOPPED = "stopped"  # shutdown took what is left to the spool; the sender thread ends
+
+
+@dataclass
+class _Segment:
+    """A spool segment being sent: its rows, and how many of them MLflow has taken."""
+
+    path: Path
+    entries: list[Entry]
+    sent: int = 0
 
 
 class Sender:
@@ -77,26 +105,21 @@ class Sender:
         self._source_tags = dict(source_tags or {})
 
         self._cond = threading.Condition()
+        self._state = State.OPEN
         self._memory: deque[RunBatch] = deque()  # newest rows; older ones are in the spool segments
         self._queued = 0  # metric points in _memory
-        self._segments: deque[Path] = deque()  # this process's spilled segments, oldest first
-        self._loaded: list[Entry] | None = None  # the segment being sent
-        self._loaded_path: Path | None = None
-        self._loaded_index = 0
-        self._inflight: Entry | None = None
-        self._inflight_from_memory = False
+        self._segments: deque[Path] = deque()  # this process's spilled segments not read yet, oldest first
+        self._reading: _Segment | None = None  # the segment being sent; while there is none, rows come from memory
+        self._inflight: Entry | None = None  # the entry being sent, until MLflow took it
         self._keys: dict[RunKey, RunKey] = {}
         self._owned: dict[RunKey, None] = {}  # runs this sender writes to and ends
         self._writer: MlflowWriter | None = None
         self._thread: threading.Thread | None = None
         self._recovery: threading.Thread | None = None  # sends what dead processes left (see _recover)
-        self._closed = False
-        self._stopping = False
-        self._failures = 0
-        self._refused = ""  # MLflow refused the credentials: nothing is sent any more, all is spooled
+        self._failures = 0  # failed attempts in a row
         self._wake = threading.Event()
         self._last_error = ""
-        self._reported: set[str] = set()
+        self._report = ReportOnce(_logger)
         self.delivered_points = 0
         self._progress = progress
 
@@ -112,7 +135,7 @@ class Sender:
                 self._queued += len(batch.metrics)
             self._journal.append(added)
             self._memory.extend(added)
-            if self._queued > self.max_queue_points or (self._refused and self._memory):
+            if self._queued > self.max_queue_points or (self._state is State.REFUSED and self._memory):
                 self._spill_locked()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._send_loop, name="MlflowSender", daemon=True)
@@ -134,8 +157,12 @@ class Sender:
 
     def shutdown(self, status: str, timeout: float) -> None:
         """Delivers for at most ``timeout`` seconds, spools the rest, ends the runs with ``status``."""
-        if self._closed:
-            return
+        with self._cond:
+            if self._state in (State.CLOSING, State.STOPPED):
+                return
+            # Refused credentials: nothing can be delivered, so nothing is waited for.
+            self._state = State.CLOSING if self._state is State.OPEN else State.STOPPED
+            self._cond.notify_all()
         self._shutdown(status, max(timeout, 0.0))
 
     @property
@@ -181,7 +208,7 @@ class Sender:
             return
         self._segments.append(path)
         spilled, self._queued = self._queued, 0
-        if self._refused:  # the refusal's own message says where the points are
+        if self._state is State.REFUSED:  # the refusal's own message says where the points are
             return
         self._report(
             "spill",
@@ -194,7 +221,7 @@ class Sender:
         _logger.debug("spilled %d points to %s", spilled, path)
 
     def _pending_locked(self) -> bool:
-        return bool(self._inflight is not None or self._loaded is not None or self._segments or self._memory)
+        return bool(self._inflight is not None or self._reading is not None or self._segments or self._memory)
 
     def _wait_idle(self, deadline: float, failures: int | None = None) -> bool:
         """Waits until nothing is pending; ``False`` at ``deadline``, or after ``failures`` failed attempts in a row."""
@@ -203,6 +230,8 @@ class Sender:
                 if self._thread is None or not self._thread.is_alive():
                     return False
                 if failures is not None and self._failures >= failures:
+                    return False
+                if self._state is State.REFUSED:
                     return False
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -213,20 +242,20 @@ class Sender:
     # The sender thread --------------------------------------------------------------------------
 
     def _next_locked(self) -> Entry | None:
-        while not self._stopping:
-            if self._refused:  # nothing can be sent until the credentials are fixed; shutdown spools
+        while self._state is not State.STOPPED:
+            if self._state is State.REFUSED:  # nothing can be sent until the credentials are fixed; shutdown spools
                 self._cond.notify_all()
                 self._cond.wait()
                 continue
             if self._inflight is not None:
                 return self._inflight
-            if self._loaded is not None:
-                if self._loaded_index < len(self._loaded):
-                    self._inflight, self._inflight_from_memory = self._loaded[self._loaded_index], False
+            reading = self._reading
+            if reading is not None:
+                if reading.sent < len(reading.entries):
+                    self._inflight = reading.entries[reading.sent]
                     return self._inflight
-                if self._loaded_path is not None:
-                    self._loaded_path.unlink(missing_ok=True)
-                self._loaded, self._loaded_path = None, None
+                reading.path.unlink(missing_ok=True)
+                self._reading = None
                 continue
             if self._segments:
                 path = self._segments.popleft()
@@ -237,12 +266,12 @@ class Sender:
                         f"read:{path}", "MLflow exporter: cannot read spool segment %s (%s); left for upload", path, exc
                     )
                     continue
-                self._loaded, self._loaded_path, self._loaded_index = entries, path, 0
+                self._reading = _Segment(path, entries)
                 continue
             if self._memory:
                 chunk = take(self._memory)
                 self._queued -= len(chunk.metrics)
-                self._inflight, self._inflight_from_memory = chunk, True
+                self._inflight = chunk
                 return chunk
             self._journal.settle(self._owned)  # idle: everything journaled is in MLflow
             self._cond.notify_all()  # wake flushers
@@ -257,28 +286,26 @@ class Sender:
                 return
             try:
                 self._deliver(entry)
-            except MlflowCredentialsRefused as exc:
-                self._refuse(str(exc))
-                continue
-            except MlflowUnavailable as exc:
-                self._failures += 1
-                self._unavailable(str(exc), self._failures)
-                continue
-            except MlflowRejected as exc:
-                self._park(entry, exc)
             except Exception as exc:  # noqa: BLE001 - the sender must outlive any surprise
-                self._failures += 1
-                self._unavailable(f"{type(exc).__name__}: {exc}", self._failures)
-                continue
+                failure = classify(exc)
+                if failure is Failure.CREDENTIALS:
+                    self._refuse(str(exc))
+                    continue
+                if failure is Failure.TRANSIENT:
+                    self._failures += 1
+                    self._unavailable(str(exc), self._failures)
+                    continue
+                # Refused content, or an error of no known kind: retrying cannot help; keep it for upload.
+                self._park(entry, exc)
             if self._failures:
                 self._failures = 0
                 _logger.info("MLflow at %s takes points again", public_uri(self.tracking_uri))
-                self._reported.discard("outage")
+                self._report.again("outage")
             with self._cond:
                 if self._inflight is entry:
                     self._inflight = None
-                    if not self._inflight_from_memory:
-                        self._loaded_index += 1
+                    if self._reading is not None:
+                        self._reading.sent += 1
                 self._cond.notify_all()
 
     def _recover(self) -> None:
@@ -319,50 +346,58 @@ class Sender:
             self.spool_dir,
             self.max_queue_points,
         )
-        if self._closed:  # shutting down: retry promptly until the deadline
-            delay = 0.5
-        else:
-            delay = min(_BACKOFF_CAP, _BACKOFF_FIRST * 2 ** min(failures - 1, 10)) * random.uniform(0.5, 1.0)
-        self._wake.wait(delay)
+        self._wake.wait(RETRY.delay(failures))
         self._wake.clear()
 
     def _refuse(self, error: str) -> None:
         """Credentials refused: keep everything on disk at once and stop sending (no retry can succeed)."""
         with self._cond:
             self._failures += 1
-            self._refused = self._last_error = error
-            if self._inflight is not None and self._inflight_from_memory:
+            self._last_error = error
+            closing = self._state is not State.OPEN
+            self._state = State.REFUSED
+            if self._inflight is not None and self._reading is None:
                 self._memory.appendleft(self._inflight)  # type: ignore[arg-type]
                 self._queued += len(self._inflight.metrics)  # type: ignore[union-attr]
                 self._inflight = None
             if self._memory:
                 self._spill_locked()
+            if closing:  # a shutdown is waiting: nothing more can be delivered, it spools the rest now
+                self._state = State.STOPPED
             self._cond.notify_all()
         _logger.error(
             "MLflow at %s refused the credentials (%s). Nothing more is sent from this process; every point is kept "
-            "in %s. Once the credentials are right, send them with: tracelet upload --spool-dir %s",
+            "in %s. Once the credentials are right, send them with: %s --spool-dir %s",
             public_uri(self.tracking_uri),
             error,
             self.spool_dir,
+            UPLOAD_COMMAND,
             self.spool_dir,
         )
 
-    def _park(self, entry: Entry, exc: MlflowRejected) -> None:
-        """A batch MLflow refuses as a whole: kept on disk for ``tracelet upload`` once the cause is fixed."""
+    def _park(self, entry: Entry, exc: Exception) -> None:
+        """A batch MLflow refuses as a whole, or that failed unexpectedly: kept on disk to upload once fixed."""
         try:
             path = self._spool.write([entry])
         except OSError as error:
             path = None
             self._report("park-failed", "MLflow exporter: cannot write the spool in %s (%s)", self.spool_dir, error)
+        if isinstance(exc, MlflowRejected):
+            what, reason, trace = "refused points", exc.message, None
+        else:
+            what, reason, trace = "failed on points", f"{type(exc).__name__}: {exc}", exc
         self._report(
-            f"refused:{exc.message}",
-            "MLflow at %s refused points of run %s as a whole: %s. They are kept in %s; once the cause is "
-            "fixed, send them with: tracelet upload --spool-dir %s",
+            f"refused:{reason}",
+            "MLflow at %s %s of run %s as a whole: %s. They are kept in %s; once the cause is "
+            "fixed, send them with: %s --spool-dir %s",
             public_uri(self.tracking_uri),
+            what,
             entry.run.run_name or entry.run.instance_id,
-            exc.message,
+            reason,
             path or "memory (lost at exit)",
+            UPLOAD_COMMAND,
             self.spool_dir,
+            exc_info=trace,
         )
 
     # Shutdown -----------------------------------------------------------------------------------
@@ -370,20 +405,19 @@ class Sender:
     def _shutdown(self, status: str, timeout: float) -> None:
         began = time.monotonic()
         deadline = began + timeout
-        self._closed = True
         self._wake.set()
         # While MLflow is known to be down, waiting only delays the spool: save at once.
         # Two failed attempts in a row during shutdown (about a second) count as down too.
         drained: bool | None = None if self.unavailable else self._wait_idle(deadline, failures=2)
         end_ms = int(time.time() * 1000)
         with self._cond:
-            self._stopping = True
+            self._state = State.STOPPED
             self._cond.notify_all()
-            oldest = [self._inflight] if self._inflight is not None and self._inflight_from_memory else []
+            oldest = [self._inflight] if self._inflight is not None and self._reading is None else []
             left: list[Entry] = []
             while self._memory:
                 left.append(take(self._memory))
-            on_disk = ([self._loaded_path] if self._loaded_path else []) + list(self._segments)
+            on_disk = ([self._reading.path] if self._reading else []) + list(self._segments)
         self._wake.set()
         if oldest and on_disk:  # the request in flight is older than what was spilled meanwhile
             try:
@@ -422,22 +456,24 @@ class Sender:
             )
             _logger.warning(
                 "MLflow at %s did not take %d points%s (%s; shutdown %s). They are saved in %s; send them "
-                "later with: tracelet upload --spool-dir %s",
+                "later with: %s --spool-dir %s",
                 public_uri(self.tracking_uri),
                 waiting,
                 f" of run {', '.join(runs)}" if runs else "",
                 self._last_error or "still sending",
                 f"waited {time.monotonic() - began:.1f} s" if drained is not None else "did not wait",
                 self.spool_dir,
+                UPLOAD_COMMAND,
                 self.spool_dir,
             )
         elif saved is not None:
             _logger.warning(
                 "MLflow at %s took every point but not the final status %s of the run; it is saved in %s; set "
-                "it later with: tracelet upload --spool-dir %s",
+                "it later with: %s --spool-dir %s",
                 public_uri(self.tracking_uri),
                 status,
                 self.spool_dir,
+                UPLOAD_COMMAND,
                 self.spool_dir,
             )
         if self._recovery is not None and not self.unavailable:  # what a killed job left goes out first
@@ -464,13 +500,6 @@ class Sender:
                     "finish", "MLflow refused to end run %s as %s: %s", status.run.run_name, status.status, exc.message
                 )
         return left
-
-    # Misc ---------------------------------------------------------------------------------------
-
-    def _report(self, what: str, message: str, *args: object) -> None:
-        if what not in self._reported:
-            self._reported.add(what)
-            _logger.warning(message, *args)
 
 
 def _count(path: Path) -> int:

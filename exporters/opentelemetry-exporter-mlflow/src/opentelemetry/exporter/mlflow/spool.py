@@ -22,7 +22,8 @@ appended to it (one buffered write per export, fsync'd at most once a second) be
 for MLflow. Whenever everything in it was delivered, the journal starts over holding one empty row
 per run the process created (so a crash can still end them); a shutdown removes it. A journal left
 behind means its process died without a shutdown (SIGKILL, OOM, a node lost): :func:`upload_spool`
-(``tracelet upload``, and the exporter itself when it next starts on the machine) sends it and then
+(``opentelemetry-exporter-mlflow upload``, which ``tracelet upload`` runs, and the exporter itself
+when it next starts on the machine) sends it and then
 ends the runs that process created as ``KILLED``, at the journal's last write. Its header says
 ``"journal": true``; a torn last line (the process died mid-write) is ignored.
 """
@@ -42,17 +43,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from opentelemetry.exporter.mlflow.delivery import (
-    MlflowCredentialsRefused,
-    MlflowRejected,
-    MlflowUnavailable,
-    MlflowWriter,
-    default_tracking_uri,
-    public_uri,
-)
-from opentelemetry.exporter.mlflow.environment_variables import OTEL_EXPORTER_MLFLOW_SPOOL_DIR, SPOOL_DIR_ALIAS
+from opentelemetry.exporter.mlflow.environment_variables import read_spool_dir
+from opentelemetry.exporter.mlflow.errors import MlflowCredentialsRefused, MlflowRejected, MlflowUnavailable
 from opentelemetry.exporter.mlflow.mapping import RunBatch, RunKey
-from opentelemetry.instrumentation.tensorboard.environment_variables import read_text
+from opentelemetry.exporter.mlflow.retry import RETRY
+from opentelemetry.exporter.mlflow.tracking_uri import default_tracking_uri, public_uri
+from opentelemetry.exporter.mlflow.writer import MlflowWriter
 
 try:
     import fcntl
@@ -64,12 +60,14 @@ _logger = logging.getLogger(__name__)
 SUFFIX = ".jsonl"
 FORMAT = 1
 SYNC_SECONDS = 1.0  # the journal is fsync'd at most this often: a power loss costs at most this much
+UPLOAD_COMMAND = "opentelemetry-exporter-mlflow upload"
+"""The command that sends a spool (:func:`upload_spool`), as messages tell users to run it."""
 
 
 def default_spool_dir() -> Path:
     """``$OTEL_EXPORTER_MLFLOW_SPOOL_DIR`` (or its alias ``$TRACELET_SPOOL_DIR``), else
     ``$XDG_CACHE_HOME/tracelet/spool`` (``~/.cache/tracelet/spool``)."""
-    configured = read_text(OTEL_EXPORTER_MLFLOW_SPOOL_DIR, SPOOL_DIR_ALIAS)
+    configured = read_spool_dir()
     if configured:
         return Path(configured).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME", "").strip() or "~/.cache"
@@ -356,31 +354,31 @@ def deliver(
     entry: Entry,
     experiment_id: str | None,
     retry_for: float,
-    command: str = "tracelet upload",
+    command: str = UPLOAD_COMMAND,
+    sleep: Callable[[float], object] = time.sleep,
 ) -> None:
-    """One entry, retried while MLflow is unavailable for at most ``retry_for`` seconds.
+    """One entry, retried by :data:`~opentelemetry.exporter.mlflow.retry.RETRY` for at most ``retry_for`` seconds.
 
-    The retry of the commands that send synchronously (``tracelet upload``, ``tracelet import``),
-    which name themselves in the one line they print when MLflow does not answer.
+    The retry of the commands that send synchronously (upload, ``tracelet import``), which name
+    themselves in the one line they print when MLflow does not answer. Only transient failures are
+    retried (:func:`~opentelemetry.exporter.mlflow.errors.classify`): refused credentials, refused
+    content and unexpected errors are raised at once.
     """
-    deadline = time.monotonic() + retry_for
-    delay = 0.5
-    while True:
-        try:
-            if isinstance(entry, Status):
-                writer.finish(entry.run, entry.status, entry.end_ms, experiment_id)
-            else:
-                writer.write(entry, experiment_id)
-            return
-        except MlflowCredentialsRefused:
-            raise  # waiting cannot fix credentials
-        except MlflowUnavailable as exc:
-            if time.monotonic() + delay > deadline:
-                raise
-            if delay == 0.5:
-                print(f"{command}: MLflow is unavailable ({exc}); retrying for up to {retry_for:g} s", flush=True)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    told = False
+
+    def attempt() -> None:
+        if isinstance(entry, Status):
+            writer.finish(entry.run, entry.status, entry.end_ms, experiment_id)
+        else:
+            writer.write(entry, experiment_id)
+
+    def retrying(error: BaseException, _wait: float) -> None:
+        nonlocal told
+        if not told:
+            told = True
+            print(f"{command}: MLflow is unavailable ({error}); retrying for up to {retry_for:g} s", flush=True)
+
+    RETRY.with_deadline(retry_for).call(attempt, on_retry=retrying, sleep=sleep)
 
 
 def _prefix(path: Path) -> str:
@@ -399,6 +397,7 @@ def upload_spool(
     retry_for: float = 60.0,
     say: Callable[[str], object] | None = None,
     only_uri: str | None = None,
+    command: str = UPLOAD_COMMAND,
 ) -> int:
     """Sends every spooled segment to MLflow in order and removes each once delivered.
 
@@ -406,7 +405,8 @@ def upload_spool(
     recorded in the segment (where the points were meant to go). Segments of a still running
     process, or of another upload running now, are left alone. A journal (its process died) is
     sent and its process's runs end ``KILLED``. ``say`` reports (default: print); ``only_uri``
-    keeps to segments written for that tracking URI (the exporter's recovery at start). Returns 0
+    keeps to segments written for that tracking URI (the exporter's recovery at start); ``command``
+    is how the lines it prints name it (``tracelet upload`` names itself). Returns 0
     when nothing is left to send, 1 otherwise (MLflow unavailable for ``retry_for`` seconds, a
     segment unreadable or refused as a whole).
     """
@@ -415,12 +415,12 @@ def upload_spool(
     if spool_dir and not directory.is_dir():
         if say is not None:  # the exporter's recovery: nothing was ever left here
             return 0
-        report(f"tracelet upload: no spool directory {directory}")
+        report(f"{command}: no spool directory {directory}")
         return 1
     found = segments(directory)
     if not found:
         if say is None:
-            report(f"tracelet upload: nothing to upload in {directory}")
+            report(f"{command}: nothing to upload in {directory}")
         return 0
     claims: dict[str, IO[str] | None] = {}
     busy: set[str] = set()
@@ -463,7 +463,7 @@ def upload_spool(
                     statuses = _killed(entries, int(path.stat().st_mtime * 1000))
             try:
                 for entry in [*entries, *statuses]:
-                    deliver(writer, entry, header.get("experiment_id"), retry_for)
+                    deliver(writer, entry, header.get("experiment_id"), retry_for, command)
             except MlflowCredentialsRefused as exc:
                 refused = f"MLflow at {public_uri(uri)} refused the credentials ({exc}); {path.name} and later kept"
                 problems.append(refused)
@@ -489,11 +489,11 @@ def upload_spool(
     left = len(segments(directory))
     if say is None or sent_segments or problems:
         report(
-            f"tracelet upload: sent {sent_points} points from {sent_segments} segment(s) in {directory}"
+            f"{command}: sent {sent_points} points from {sent_segments} segment(s) in {directory}"
             + (f", ended {killed} run(s) of killed processes as KILLED" if killed else "")
             + f"; {left} segment(s) left"
             + (f" ({len(busy)} process(es) still running or uploading)" if busy else "")
         )
     for problem in problems:
-        report(f"tracelet upload: {problem}")
+        report(f"{command}: {problem}")
     return 0 if left == 0 else 1
