@@ -25,7 +25,13 @@ route:
   machine's speed drifts by more than the effect): the goal is at most 0.10;
 - ``start-up``: process start to first step, instrumented minus plain (short runs);
 - ``RSS``: the training process's peak RSS, instrumented minus plain (helper processes listed apart);
-- ``SIGTERM``: signal to process exit, after the timed part and right after the first step.
+- ``SIGTERM``: signal to process exit, after the timed part and right after the first step;
+- ``export``: CPU time per second of the training process's metric-reader and exporter threads
+  (collections, packing, the hand-off to the helper), the part of the cost that the export
+  interval sets; the rest of ``share`` is the helper and the servers taking CPU from the loop.
+
+A route whose training process runs neither a metric reader nor a helper stops the benchmark:
+tracelet is not installed in the environment it runs in.
 
 The servers (MLflow, the collector, the receiver) run at the lowest CPU priority: on a two-core
 machine they stand in for infrastructure that lives elsewhere, and must not take the training core.
@@ -105,6 +111,23 @@ LOOP = textwrap.dedent(
         except (OSError, StopIteration):
             return 0
 
+    def export_cpu():
+        # CPU seconds of the training process's threads that are not the training loop and not
+        # TensorBoard's writer: the metric readers' collections and hand-offs (what an export
+        # interval costs this process), and any exporter running here.
+        import threading
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        total, found = 0.0, False
+        for task in os.listdir("/proc/self/task"):
+            name = names.get(int(task), "")
+            if "Reader" not in name and "Export" not in name:
+                continue
+            found = True
+            with open(f"/proc/self/task/{task}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total, found
+
     n = 0
     step(n)
     print(json.dumps({"event": "first_step", "t": time.time()}), flush=True)
@@ -112,16 +135,18 @@ LOOP = textwrap.dedent(
     while time.perf_counter() < warm:
         n += 1
         step(n)
-    start, first = time.perf_counter(), n
+    start, first, export_before = time.perf_counter(), n, export_cpu()[0]
     end = start + seconds
     while time.perf_counter() < end:
         n += 1
         step(n)
     elapsed = max(time.perf_counter() - start, 1e-9)
+    export_after, exporting = export_cpu()
     kids = children()
     print(json.dumps({
         "event": "timed", "us_per_step": elapsed / max(n - first, 1) * 1e6, "steps": n - first,
         "rss_kb": peak_kb(), "children": kids, "children_rss_kb": sum(peak_kb(pid) for pid in kids),
+        "export_ms_per_s": (export_after - export_before) / elapsed * 1000, "exporting": exporting,
     }), flush=True)
     deadline = time.perf_counter() + 300
     while time.perf_counter() < deadline:  # until SIGTERM
@@ -139,6 +164,7 @@ class Result:
     children_rss_mb: float
     sigterm: float
     drain: float
+    export_ms_per_s: float
 
 
 @dataclass
@@ -215,6 +241,12 @@ class Bench:
         if "timed" not in events:
             process.wait()
             raise SystemExit(f"{mode}: the loop ended early:\n{(workdir / 'stderr.log').read_text()[-3000:]}")
+        if mode not in ("none", "plain") and not (events["timed"]["exporting"] or events["timed"]["children"]):
+            process.kill()
+            raise SystemExit(
+                f"{mode}: the training process runs no metric reader and no helper: tracelet is not "
+                "installed in this environment (run scripts/setup.sh)"
+            )
         sent = time.perf_counter()
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=600)
@@ -229,6 +261,7 @@ class Bench:
             timed["children_rss_kb"] / 1024,
             sigterm,
             drain,
+            timed["export_ms_per_s"],
         )
         (self.launches if quick else self.results).setdefault(spec, []).append(result)
         if quick:
@@ -237,7 +270,8 @@ class Bench:
         print(
             f"  {spec:<14} {result.us_per_step:8.1f} us/step  start-up {result.startup:5.2f} s  "
             f"RSS {result.rss_mb:6.0f} MB (+{result.children_rss_mb:.0f} MB in helpers)  "
-            f"SIGTERM {result.sigterm:5.2f} s  helpers done {drain:5.1f} s later",
+            f"SIGTERM {result.sigterm:5.2f} s  helpers done {drain:5.1f} s later  "
+            f"export threads {result.export_ms_per_s:5.1f} ms/s",
             flush=True,
         )
         return result
@@ -406,7 +440,7 @@ def report(bench: Bench, routes: list[str]) -> None:
         )
     print(
         f"{'route':<14} {'us/step':>8} {'share':>6} {'(runs)':>14} {'start-up':>9} {'RSS':>7} {'helpers':>8} "
-        f"{'SIGTERM':>8} {'SIGTERM@0':>9}"
+        f"{'SIGTERM':>8} {'SIGTERM@0':>9} {'export':>7}"
     )
     base = results["plain"]
     for route in routes:
@@ -419,11 +453,12 @@ def report(bench: Bench, routes: list[str]) -> None:
             f"{' '.join(f'{x:.2f}' for x in each):>14} {startup:+8.2f}s "
             f"{median(runs, 'rss_mb') - median(base, 'rss_mb'):+5.0f}MB "
             f"{median(runs, 'children_rss_mb'):6.0f}MB "
-            f"{median(runs, 'sigterm'):7.2f}s {early:8.2f}s"
+            f"{median(runs, 'sigterm'):7.2f}s {early:8.2f}s {median(runs, 'export_ms_per_s'):5.1f}ms"
         )
     print("share: tracelet's extra time per step / TensorBoard's own cost per step, against the neighbouring")
     print("TensorBoard-only runs (goal <= 0.10); start-up: to the first step, instrumented - plain;")
-    print("SIGTERM: after the timed part; SIGTERM@0: right after the first step. Medians.")
+    print("SIGTERM: after the timed part; SIGTERM@0: right after the first step; export: CPU ms per second")
+    print("of the training process's reader and exporter threads (collections and hand-offs). Medians.")
 
 
 if __name__ == "__main__":

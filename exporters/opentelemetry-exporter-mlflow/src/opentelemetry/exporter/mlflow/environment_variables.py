@@ -54,6 +54,15 @@ Milliseconds one MLflow request may take before it is retried (``request_timeout
 in code); default 10,000, as ``OTEL_EXPORTER_OTLP_TIMEOUT``.
 """
 
+OTEL_EXPORTER_MLFLOW_SCHEDULE_DELAY = "OTEL_EXPORTER_MLFLOW_SCHEDULE_DELAY"
+"""
+.. envvar:: OTEL_EXPORTER_MLFLOW_SCHEDULE_DELAY
+
+Milliseconds between two sends of a request that is not full (``schedule_delay``, in seconds in
+code); default 5,000, as ``OTEL_BSP_SCHEDULE_DELAY`` is for spans. A request's worth of points
+(1,000) goes at once, as does everything at a flush or shutdown.
+"""
+
 OTEL_EXPORTER_MLFLOW_HANDLE_PROCESS_EXIT = "OTEL_EXPORTER_MLFLOW_HANDLE_PROCESS_EXIT"
 """
 .. envvar:: OTEL_EXPORTER_MLFLOW_HANDLE_PROCESS_EXIT

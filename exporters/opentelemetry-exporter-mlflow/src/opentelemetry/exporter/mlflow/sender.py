@@ -9,6 +9,11 @@ send it (``opentelemetry-exporter-mlflow upload``), then sets the runs' terminal
 are told apart by :func:`~opentelemetry.exporter.mlflow.errors.classify` and retried after the delays
 of :data:`~opentelemetry.exporter.mlflow.retry.RETRY`.
 
+Requests that are not full go at most every ``schedule_delay`` seconds (all that is queued then,
+in as many requests as it takes): exports can come every half second, to keep what a SIGKILL loses
+small, without multiplying MLflow's requests. A full request goes at once; a flush or shutdown
+sends everything.
+
 What the sender does next is one :class:`State`; what it is sending is one entry (``_inflight``),
 taken from the spool segment being read (``_reading``) or, when none is, from memory.
 
@@ -27,7 +32,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 
-from opentelemetry.exporter.mlflow.batching import take
+from opentelemetry.exporter.mlflow.batching import MAX_METRICS, take
 from opentelemetry.exporter.mlflow.errors import Failure, MlflowRejected, MlflowUnavailable, classify
 from opentelemetry.exporter.mlflow.mapping import INSTANCE_ID, RunBatch, RunKey
 from opentelemetry.exporter.mlflow.reporting import ReportOnce
@@ -78,6 +83,7 @@ class Sender:
         source_tags: tags of every run created (``mlflow.source.name``, ``mlflow.user``, ...).
         max_queue_points: points kept in memory before the oldest go to the spool.
         request_timeout: seconds one MLflow request may take before it is retried.
+        schedule_delay: seconds between two sends of requests that are not full (0: at once).
         progress: called with the number of points delivered so far after each request.
     """
 
@@ -92,6 +98,7 @@ class Sender:
         max_queue_points: int = 200_000,
         request_timeout: float = 10.0,
         progress: Callable[[int], object] | None = None,
+        schedule_delay: float = 0.0,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
@@ -99,6 +106,7 @@ class Sender:
         self.spool_dir = spool_dir
         self.max_queue_points = max_queue_points
         self.request_timeout = request_timeout
+        self.schedule_delay = schedule_delay
         self._spool = Spool(self.spool_dir, self.tracking_uri, self.experiment_id)
         self._journal = Journal(self._spool)
         self._instance = instance
@@ -108,6 +116,9 @@ class Sender:
         self._state = State.OPEN
         self._memory: deque[RunBatch] = deque()  # newest rows; older ones are in the spool segments
         self._queued = 0  # metric points in _memory
+        self._draining = False  # sending all of _memory, however little (schedule_delay has passed, or a flush)
+        self._next_drain = 0.0  # monotonic time from which rows in memory that fill no request go
+        self._flushers = 0  # flush() calls waiting: rows that come meanwhile go at once too
         self._segments: deque[Path] = deque()  # this process's spilled segments not read yet, oldest first
         self._reading: _Segment | None = None  # the segment being sent; while there is none, rows come from memory
         self._inflight: Entry | None = None  # the entry being sent, until MLflow took it
@@ -151,9 +162,17 @@ class Sender:
         the shutdown that usually follows, which spools what is left.
         """
         self._wake.set()
-        if self.unavailable:
-            return False
-        return self._wait_idle(time.monotonic() + timeout)
+        with self._cond:
+            self._flushers += 1
+            self._draining = True
+            self._cond.notify_all()
+        try:
+            if self.unavailable:
+                return False
+            return self._wait_idle(time.monotonic() + timeout)
+        finally:
+            with self._cond:
+                self._flushers -= 1
 
     def shutdown(self, status: str, timeout: float) -> None:
         """Delivers for at most ``timeout`` seconds, spools the rest, ends the runs with ``status``."""
@@ -269,10 +288,19 @@ class Sender:
                 self._reading = _Segment(path, entries)
                 continue
             if self._memory:
+                if not self._draining and self._state is State.OPEN and self._queued < MAX_METRICS:
+                    remaining = self._next_drain - time.monotonic()
+                    if remaining > 0:  # too little for a request: more may come before the schedule says go
+                        self._cond.wait(remaining)
+                        continue
+                self._draining = True
                 chunk = take(self._memory)
                 self._queued -= len(chunk.metrics)
                 self._inflight = chunk
                 return chunk
+            if self._draining and not self._flushers:
+                self._draining = False
+                self._next_drain = time.monotonic() + self.schedule_delay
             self._journal.settle(self._owned)  # idle: everything journaled is in MLflow
             self._cond.notify_all()  # wake flushers
             self._cond.wait()
