@@ -374,14 +374,7 @@ class DurableMetricExporter(MetricExporter):
                         if self._pending and self._pending[0] is entry:
                             self._pending.popleft()
                         self._acknowledge(entry)
-                        if self._failures:
-                            _logger.warning(
-                                "tensorboard: %s accepts exports again; sending the %d kept",
-                                self._describe(),
-                                len(self._pending),
-                            )
-                        self._failures = 0
-                        self._cond.notify_all()
+                        self._accepting()
                         continue
                     self._failures += 1
                     if self._failures == 1:
@@ -410,6 +403,15 @@ class DurableMetricExporter(MetricExporter):
             with self._cond:
                 self._cond.notify_all()
 
+    def _accepting(self) -> None:
+        """An entry was accepted (under ``_cond``): says so once after failures, and wakes ``force_flush``."""
+        if self._failures:
+            _logger.warning(
+                "tensorboard: %s accepts exports again; sending the %d kept", self._describe(), len(self._pending)
+            )
+        self._failures = 0
+        self._cond.notify_all()
+
     def _probe(self, head: _Entry) -> bool:
         """Tries the entry after ``head``, then ``head`` once more: if the one is accepted and ``head`` is
         still not, ``head`` is refused for good (a 400, a request too large), not delayed by an outage
@@ -428,6 +430,8 @@ class DurableMetricExporter(MetricExporter):
         with self._cond:
             self._pending.remove(head)
             self._acknowledge(head)
+            if accepted:
+                self._accepting()
             self._failures = 0
             self._cond.notify_all()
         if not accepted:
