@@ -86,7 +86,7 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "upload":
         from opentelemetry.exporter.mlflow.spool import upload_spool  # noqa: PLC0415
 
-        return upload_spool(args.spool_dir, args.tracking_uri)
+        return upload_spool(args.spool_dir, args.tracking_uri, command="tracelet upload")
     from tracelet.receiver import serve  # noqa: PLC0415
 
     return serve(

@@ -23,8 +23,13 @@ given a certificate):
   answered before the body is read, a chunked body as soon as it grows past ``max_body``;
 - 415: a ``Content-Type`` other than ``application/x-protobuf``/``application/json``, or a
   ``Content-Encoding`` other than ``gzip``/``identity``;
-- 503 with ``Retry-After``: MLflow cannot take the points now (down, 5xx, 429, timeout); nothing of
-  the request counts as delivered and the sender sends it again (MLflow stores a repeated point once).
+- 500: writing into MLflow failed in a way that is no outage (an unexpected error, logged with its
+  traceback once per kind); retrying cannot help, and OTLP senders do not retry a 500;
+- 503 with ``Retry-After``: MLflow cannot take the points now (down, 5xx, 429, timeout, or refusing
+  the receiver's credentials until they are fixed); nothing of the request counts as delivered and
+  the sender sends it again (MLflow stores a repeated point once). Which failure is which is the MLflow
+  exporter's one classification (``opentelemetry.exporter.mlflow.errors.classify``), and
+  ``Retry-After`` is the first delay of its one retry policy.
 
 Error bodies are a ``google.rpc.Status`` in the request's encoding, as OTLP specifies.
 
@@ -107,7 +112,10 @@ from opentelemetry.exporter.mlflow.delivery import (
     MlflowWriter,
     public_uri,
 )
+from opentelemetry.exporter.mlflow.errors import Failure, classify
 from opentelemetry.exporter.mlflow.mapping import Mapper, RunBatch, RunKey
+from opentelemetry.exporter.mlflow.reporting import ReportOnce
+from opentelemetry.exporter.mlflow.retry import RETRY
 
 _logger = logging.getLogger(__name__)
 
@@ -115,7 +123,7 @@ PATH = "/v1/metrics"
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 MAX_BODY = 32 * 1024 * 1024
-RETRY_AFTER = 2  # seconds the sender waits before retrying while MLflow is unavailable
+RETRY_AFTER = RETRY.retry_after()  # seconds the sender waits before retrying while MLflow is unavailable
 SILENCE = 3600.0  # seconds without points after which a run whose job vanished is ended KILLED
 MAX_CONNECTIONS = 256  # open connections at once; more are closed (the file limit stays far away)
 READ_TIMEOUT = 60.0  # seconds a client may take to send the next part of its request
@@ -129,7 +137,7 @@ _DRAIN_LIMIT = 256 * 1024 * 1024  # larger refused bodies are not read; the conn
 _GZIP_MAGIC = b"\x1f\x8b"
 _REMEMBERED = 64  # digests of recently delivered bodies (see Receiver._deliver)
 # google.rpc.Code of the Status in error bodies, per HTTP status (as OTLP/HTTP pairs them).
-_GRPC_CODES = {400: 3, 401: 16, 404: 12, 405: 12, 411: 3, 413: 8, 415: 3, 503: 14}
+_GRPC_CODES = {400: 3, 401: 16, 404: 12, 405: 12, 411: 3, 413: 8, 415: 3, 500: 13, 503: 14}
 _PHRASES = {status: http.HTTPStatus(status).phrase.encode() for status in (400, 411)}
 _FRAMING_REQUIRED = "a Content-Length header with a number of bytes, or Transfer-Encoding: chunked, is required"
 _ID_KEYS = frozenset({"traceId", "trace_id", "spanId", "span_id"})
@@ -203,7 +211,7 @@ class Receiver:
         self._inflight = 0
         self._delivered: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._unavailable = False
-        self._reported: set[str] = set()
+        self._report_once = ReportOnce(_logger)
         self._closing = False
         self._closed = False
         self._limiter: anyio.CapacityLimiter | None = None  # made on the server's event loop
@@ -353,11 +361,9 @@ class Receiver:
 
     # Requests -----------------------------------------------------------------------------------
 
-    def report(self, what: str, message: str, *args: object) -> None:
+    def report(self, what: str, message: str, *args: object, exc_info: BaseException | None = None) -> None:
         """Logs ``message`` the first time ``what`` happens: a misconfigured sender retries forever."""
-        if what not in self._reported:
-            self._reported.add(what)
-            _logger.warning(message, *args)
+        self._report_once(what, message, *args, exc_info=exc_info)
 
     def authorized(self, header: str | None) -> bool:
         """Without a token anything passes (the collector sends a bare ``Bearer`` when it has none)."""
@@ -383,7 +389,7 @@ class Receiver:
         """
         headers = Headers(scope=scope)
         content_type = _content_type(headers)
-        if refused.status != 503:  # MLflow outages are reported by the receiver, once
+        if refused.status not in (500, 503):  # write failures and MLflow outages are reported where they happen, once
             self.report(
                 f"status:{refused.status}",
                 "tracelet receiver: %s %s answered %d: %s (further %d answers are not reported)",
@@ -456,7 +462,6 @@ class Receiver:
                 batches = self._mapper.from_otlp(request)
                 ends = self._mapper.run_ends(request)
             except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
-                self._mapper = Mapper(self._mapper.default_experiment)  # may have marked params as sent
                 _logger.error("tracelet receiver: a request could not be mapped to MLflow: %r", exc)
                 raise _HttpError(400, f"the points cannot be mapped to MLflow: {exc!r}") from None
         # Written outside the mapping lock: requests for other runs go to MLflow meanwhile.
@@ -480,19 +485,28 @@ class Receiver:
             for run, status, end_ms in ends:  # a run given by id belongs to whoever created it
                 if run.run_id is None:
                     self.writer.finish(run, status, end_ms)
-        except Exception as exc:
-            # Nothing of this request counts as sent: params and tags go again with the retry.
-            with self._map_lock:
-                for batch in batches:
-                    self._mapper.forget(batch.run)
-            reason = str(exc) if isinstance(exc, MlflowUnavailable) else f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - classified below; the receiver answers every request
+            # Nothing of this request counts as sent (the writer re-sends params and tags it has no
+            # acknowledgement for). MLflow down or refusing the credentials: the sender retries.
+            # Anything else is no outage and retrying cannot help: 500, which OTLP senders do not
+            # retry (the collector counts the points as dropped), with the traceback once.
+            if classify(exc) not in (Failure.TRANSIENT, Failure.CREDENTIALS):
+                self.report(
+                    f"failed:{type(exc).__name__}",
+                    "tracelet receiver: writing a request into MLflow failed (%s: %s); answering 500, "
+                    "its points are not stored",
+                    type(exc).__name__,
+                    exc,
+                    exc_info=exc,
+                )
+                raise _HttpError(500, f"the points could not be written: {type(exc).__name__}: {exc}") from None
+            reason = str(exc)
             if not self._unavailable:
                 self._unavailable = True
                 _logger.warning(
                     "tracelet receiver: MLflow at %s cannot take points (%s); answering 503 so the sender retries",
                     public_uri(self.writer.tracking_uri),
                     reason,
-                    exc_info=not isinstance(exc, MlflowUnavailable),
                 )
             raise _HttpError(503, f"MLflow is unavailable: {reason}", {"Retry-After": str(RETRY_AFTER)}) from None
         if self._unavailable:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import logging
 import math
 import uuid
 from collections.abc import Iterator
@@ -603,3 +604,28 @@ def test_cli_receiver_serves_tls_until_sigterm(
     finally:
         assert stop_process(process) == 0
     assert [row[0] for row in reader.history(reader.only_run(experiment).info.run_id, "receiver/loss")] == [0]
+
+
+def test_an_error_that_is_no_outage_is_500_once_logged_and_the_next_request_lands(
+    receiver: Receiver, reader: MlflowReader, experiment: str, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    """Retrying cannot help an error of no known kind: 500 (OTLP senders do not retry it), the traceback once."""
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise ZeroDivisionError("a bug in writing")
+
+    write = receiver.writer.write
+    monkeypatch.setattr(receiver.writer, "write", broken)
+    body = sdk_request(experiment, [("loss", 1.0, 0)]).SerializeToString()
+    with caplog.at_level(logging.WARNING, logger="tracelet.receiver"):
+        for _ in range(2):
+            answer = requests.post(receiver.url, data=body, headers=PROTOBUF, timeout=60)
+            assert answer.status_code == 500
+            assert "Retry-After" not in answer.headers
+            assert "ZeroDivisionError: a bug in writing" in status(answer).message
+    logged = [r for r in caplog.records if "answering 500" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None
+    monkeypatch.setattr(receiver.writer, "write", write)
+    assert requests.post(receiver.url, data=body, headers=PROTOBUF, timeout=60).status_code == 200
+    run = reader.only_run(experiment)
+    assert reader.history(run.info.run_id, "receiver/loss") == [(0, 1.0, int(T0 * 1000))]
