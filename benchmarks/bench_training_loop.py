@@ -28,7 +28,10 @@ route:
 - ``SIGTERM``: signal to process exit, after the timed part and right after the first step;
 - ``export``: CPU time per second of the training process's metric-reader and exporter threads
   (collections, packing, the hand-off to the helper), the part of the cost that the export
-  interval sets; the rest of ``share`` is the helper and the servers taking CPU from the loop.
+  interval sets; ``loop CPU``: the training thread's own CPU time per step, instrumented minus
+  plain (capture itself); ``helpers`` and ``servers``: CPU ms per second of the helper processes and
+  of the servers started here, which on a two-core machine take CPU from the loop. What ``share``
+  holds beyond ``loop CPU`` and ``export`` is the loop waiting: for the GIL, or for a core.
 
 A route whose training process runs neither a metric reader nor a helper stops the benchmark:
 tracelet is not installed in the environment it runs in.
@@ -128,6 +131,20 @@ LOOP = textwrap.dedent(
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         return total, found
 
+    def cpu_of(pid):
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def helpers_cpu():
+        total = 0.0
+        for pid in children():
+            try:
+                total += cpu_of(pid)
+            except OSError:
+                pass
+        return total
+
     n = 0
     step(n)
     print(json.dumps({"event": "first_step", "t": time.time()}), flush=True)
@@ -136,17 +153,22 @@ LOOP = textwrap.dedent(
         n += 1
         step(n)
     start, first, export_before = time.perf_counter(), n, export_cpu()[0]
+    main_before, helpers_before = time.thread_time(), helpers_cpu()
+    print(json.dumps({"event": "timing"}), flush=True)
     end = start + seconds
     while time.perf_counter() < end:
         n += 1
         step(n)
     elapsed = max(time.perf_counter() - start, 1e-9)
     export_after, exporting = export_cpu()
+    main_cpu, helpers_after = time.thread_time() - main_before, helpers_cpu()
     kids = children()
     print(json.dumps({
         "event": "timed", "us_per_step": elapsed / max(n - first, 1) * 1e6, "steps": n - first,
         "rss_kb": peak_kb(), "children": kids, "children_rss_kb": sum(peak_kb(pid) for pid in kids),
         "export_ms_per_s": (export_after - export_before) / elapsed * 1000, "exporting": exporting,
+        "main_cpu_us_per_step": main_cpu / max(n - first, 1) * 1e6,
+        "helpers_ms_per_s": (helpers_after - helpers_before) / elapsed * 1000,
     }), flush=True)
     deadline = time.perf_counter() + 300
     while time.perf_counter() < deadline:  # until SIGTERM
@@ -165,6 +187,9 @@ class Result:
     sigterm: float
     drain: float
     export_ms_per_s: float
+    main_cpu_us_per_step: float
+    helpers_ms_per_s: float
+    servers_ms_per_s: float
 
 
 @dataclass
@@ -205,6 +230,13 @@ class Bench:
             command = [INSTRUMENT, PYTHON]
         return command, env
 
+    def servers_cpu(self) -> float:
+        """CPU seconds used so far by the servers this benchmark started (MLflow, collector, receiver)."""
+        pids = [p.pid for p in (getattr(self.server, "proc", None), self.receiver) if p is not None]
+        if self.collector is not None and getattr(self.collector, "proc", None) is not None:
+            pids.append(self.collector.proc.pid)
+        return sum(tree_cpu(pid) for pid in pids)
+
     def run(self, mode: str, quick: bool = False) -> Result:
         """One process: the timed loop then SIGTERM; ``quick``: SIGTERM right after the first step."""
         self.runs += 1
@@ -233,10 +265,15 @@ class Bench:
         )
         events = {}
         assert process.stdout is not None
+        servers, servers_from, timing_from = 0.0, 0.0, 0.0
         for line in process.stdout:
             event = json.loads(line)
             events[event["event"]] = event
+            if event["event"] == "timing":
+                servers_from, timing_from = self.servers_cpu(), time.perf_counter()
             if event["event"] == "timed":
+                if timing_from:
+                    servers = (self.servers_cpu() - servers_from) / (time.perf_counter() - timing_from) * 1000
                 break
         if "timed" not in events:
             process.wait()
@@ -262,6 +299,9 @@ class Bench:
             sigterm,
             drain,
             timed["export_ms_per_s"],
+            timed["main_cpu_us_per_step"],
+            timed["helpers_ms_per_s"],
+            servers,
         )
         (self.launches if quick else self.results).setdefault(spec, []).append(result)
         if quick:
@@ -271,7 +311,9 @@ class Bench:
             f"  {spec:<14} {result.us_per_step:8.1f} us/step  start-up {result.startup:5.2f} s  "
             f"RSS {result.rss_mb:6.0f} MB (+{result.children_rss_mb:.0f} MB in helpers)  "
             f"SIGTERM {result.sigterm:5.2f} s  helpers done {drain:5.1f} s later  "
-            f"export threads {result.export_ms_per_s:5.1f} ms/s",
+            f"export threads {result.export_ms_per_s:5.1f} ms/s  training thread CPU "
+            f"{result.main_cpu_us_per_step:6.1f} us/step  helpers {result.helpers_ms_per_s:5.1f} ms/s  "
+            f"servers {result.servers_ms_per_s:5.1f} ms/s",
             flush=True,
         )
         return result
@@ -294,6 +336,23 @@ def discarding_sink() -> str:
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of process ``pid`` and all its descendants (``/proc``)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            with open(f"/proc/{current}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    todo += [int(child) for child in f.read().split()]
+        except OSError:
+            continue
+    return total
 
 
 def wait_gone(pids: list[int], limit: float = 300.0) -> float:
@@ -326,6 +385,7 @@ def main() -> None:
     parser.add_argument("--routes", default=",".join(ROUTES))
     parser.add_argument("--launches", type=int, default=5, help="short runs per mode for start-up and exit times")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: the servers started here stop too
     routes = [r.strip() for r in args.routes.split(",") if r.strip()]
     unknown = {r.partition("@")[0] for r in routes} - set(ROUTES)
     if unknown:
@@ -440,7 +500,7 @@ def report(bench: Bench, routes: list[str]) -> None:
         )
     print(
         f"{'route':<14} {'us/step':>8} {'share':>6} {'(runs)':>14} {'start-up':>9} {'RSS':>7} {'helpers':>8} "
-        f"{'SIGTERM':>8} {'SIGTERM@0':>9} {'export':>7}"
+        f"{'SIGTERM':>8} {'SIGTERM@0':>9} {'export':>7} {'loop CPU':>9} {'helpers':>8} {'servers':>8}"
     )
     base = results["plain"]
     for route in routes:
@@ -453,12 +513,16 @@ def report(bench: Bench, routes: list[str]) -> None:
             f"{' '.join(f'{x:.2f}' for x in each):>14} {startup:+8.2f}s "
             f"{median(runs, 'rss_mb') - median(base, 'rss_mb'):+5.0f}MB "
             f"{median(runs, 'children_rss_mb'):6.0f}MB "
-            f"{median(runs, 'sigterm'):7.2f}s {early:8.2f}s {median(runs, 'export_ms_per_s'):5.1f}ms"
+            f"{median(runs, 'sigterm'):7.2f}s {early:8.2f}s {median(runs, 'export_ms_per_s'):5.1f}ms "
+            f"{median(runs, 'main_cpu_us_per_step') - median(base, 'main_cpu_us_per_step'):+7.1f}us "
+            f"{median(runs, 'helpers_ms_per_s'):6.0f}ms {median(runs, 'servers_ms_per_s'):6.0f}ms"
         )
     print("share: tracelet's extra time per step / TensorBoard's own cost per step, against the neighbouring")
     print("TensorBoard-only runs (goal <= 0.10); start-up: to the first step, instrumented - plain;")
     print("SIGTERM: after the timed part; SIGTERM@0: right after the first step; export: CPU ms per second")
-    print("of the training process's reader and exporter threads (collections and hand-offs). Medians.")
+    print("of the training process's reader and exporter threads (collections and hand-offs); loop CPU: the")
+    print("training thread's own CPU per step, instrumented - plain; helpers, servers: their CPU ms per second.")
+    print("Medians.")
 
 
 if __name__ == "__main__":

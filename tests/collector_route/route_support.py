@@ -97,7 +97,12 @@ class ReceiverProcess:
 def instrumented(
     script: Path, args: list[str], collector: Collector, experiment: str, cwd: Path, **extra: str
 ) -> subprocess.Popen[str]:
-    """Starts ``opentelemetry-instrument python script`` sending OTLP/HTTP to the collector; the script is unchanged."""
+    """Starts ``opentelemetry-instrument python script`` sending OTLP/HTTP to the collector; the script is unchanged.
+
+    Exports wait for the collector in a journal under ``cwd`` (unless ``extra`` names the
+    directory), so no test leaves anything in the user's cache or finds another test's journals.
+    """
+    extra.setdefault("OTEL_PYTHON_TENSORBOARD_JOURNAL_DIR", str(cwd / "otlp-journals"))
     env = clean_env(
         OTEL_METRICS_EXPORTER="otlp",
         OTEL_EXPORTER_OTLP_METRICS_PROTOCOL="http/protobuf",

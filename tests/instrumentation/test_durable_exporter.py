@@ -37,13 +37,16 @@ from opentelemetry.instrumentation.tensorboard.environment_variables import (
 )
 from opentelemetry.instrumentation.tensorboard.export_process import ProcessMetricExporter, dumps
 
-FAST = RetryPolicy(first_delay=0.02, factor=2.0, max_delay=0.1, shutdown_seconds=0.5, shutdown_delay=0.02)
+FAST = RetryPolicy(initial_delay=0.02, multiplier=2.0, max_delay=0.1, jitter=0)
+QUICK_SHUTDOWN = {"shutdown_seconds": 0.5, "shutdown_delay": 0.02}
 DESTINATION = {"to": "nowhere"}
 
 
 def durable(tmp_path: Path, policy: RetryPolicy = FAST) -> DurableMetricExporter:
     kwargs = {"record": str(tmp_path / "accepted"), "refuse": str(tmp_path / "down")}
-    return DurableMetricExporter(target(RecordingExporter), kwargs, directory=tmp_path / "journal", policy=policy)
+    return DurableMetricExporter(
+        target(RecordingExporter), kwargs, directory=tmp_path / "journal", policy=policy, **QUICK_SHUTDOWN
+    )
 
 
 def journals(directory: Path) -> list[Path]:
@@ -171,7 +174,7 @@ def test_shutdown_keeps_the_rest_and_the_next_process_sends_it_first(
     exporter.export(marked("1"))
     exporter.export(marked("2"))
     with caplog.at_level(logging.WARNING):
-        exporter.shutdown(timeout_millis=60_000)  # bounded by the policy's shutdown_seconds
+        exporter.shutdown(timeout_millis=60_000)  # bounded by its shutdown_seconds
     [path] = journals(tmp_path / "journal")
     kept = [r.getMessage() for r in caplog.records if "are kept in" in r.getMessage()]
     assert len(kept) == 1, kept
@@ -192,7 +195,9 @@ def test_an_export_refused_for_good_does_not_hold_back_the_rest(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     kwargs = {"record": str(tmp_path / "accepted"), "refused": ("bad",)}
-    exporter = DurableMetricExporter(target(RecordingExporter), kwargs, directory=tmp_path / "journal", policy=FAST)
+    exporter = DurableMetricExporter(
+        target(RecordingExporter), kwargs, directory=tmp_path / "journal", policy=FAST, **QUICK_SHUTDOWN
+    )
     with caplog.at_level(logging.ERROR):
         for mark in ("1", "bad", "2", "3"):
             exporter.export(marked(mark))
@@ -209,7 +214,7 @@ def test_an_outage_drops_nothing_however_often_the_next_export_is_tried(tmp_path
     exporter = durable(tmp_path)
     for mark in ("1", "2", "3"):
         exporter.export(marked(mark))
-    until(lambda: exporter.exporter.tries >= 4 * FAST.probe_every, "several probes of the next export")
+    until(lambda: exporter.exporter.tries >= 4 * exporter.probe_every, "several probes of the next export")
     (tmp_path / "down").unlink()
     assert exporter.force_flush(30_000)
     exporter.shutdown()

@@ -237,3 +237,13 @@ def test_the_instrumentor_hook_for_any_of_the_writers_still_exists() -> None:
     assert callable(getattr(BaseInstrumentor, "_check_dependency_conflicts", None)), (
         f"{SDK}: BaseInstrumentor._check_dependency_conflicts is gone"
     )
+
+
+def test_an_otlp_exporters_resolved_endpoint_is_readable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter  # noqa: PLC0415
+
+    given = OTLPMetricExporter(endpoint="http://127.0.0.1:4999/v1/metrics")
+    assert _sdk_compat.exporter_endpoint(given) == "http://127.0.0.1:4999/v1/metrics", SDK
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4998")
+    assert _sdk_compat.exporter_endpoint(OTLPMetricExporter()) == "http://127.0.0.1:4998/v1/metrics", SDK
+    assert _sdk_compat.exporter_endpoint(ConsoleMetricExporter()) is None

@@ -36,6 +36,7 @@ from opentelemetry.exporter.mlflow.resource import MlflowResourceDetector
 from opentelemetry.instrumentation.tensorboard import (
     TensorBoardInstrumentor,
     _sdk_compat,
+    durable_exporter,
     export_process,
     system_metrics,
 )
@@ -180,7 +181,8 @@ def _pushed(exporter_class: type[MetricExporter], **kwargs: Any) -> tuple[Metric
     if not export_process.enabled():
         exporter = exporter_class(**kwargs)
         return exporter, exporter
-    wrapped = ProcessMetricExporter(exporter_class, kwargs)
+    # OTLP exporters run inside the durable exporter, as under the configurator (collector outages).
+    wrapped = ProcessMetricExporter(*durable_exporter.in_export_process(exporter_class, kwargs, "otlp"))
     return wrapped, wrapped.exporter
 
 

@@ -6,108 +6,31 @@ looks the same from every side: 0.25 s, doubling to 5 s, each shortened by up to
 that many jobs that lost one server do not come back in step. What is retried at all is
 :func:`~opentelemetry.exporter.mlflow.errors.classify`'s to say (transient failures only).
 
-A server that answers for MLflow (tracelet's OTLP receiver) tells its senders when to come back
-with :meth:`RetryPolicy.retry_after`, the policy's first delay in whole seconds.
+It is the policy of :mod:`opentelemetry.instrumentation.tensorboard.retry` (the durable OTLP
+exporter's too), with MLflow's classification. A server that answers for MLflow (tracelet's OTLP
+receiver) tells its senders when to come back with :meth:`RetryPolicy.retry_after`, the policy's
+first delay in whole seconds.
 """
 
 from __future__ import annotations
 
-import math
-import random
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
-from typing import TypeVar
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from opentelemetry.exporter.mlflow.errors import Failure, classify
+from opentelemetry.instrumentation.tensorboard import retry
 
-T = TypeVar("T")
+
+def transient(error: BaseException) -> bool:
+    """Whether retrying ``error`` can help: an outage, not a refusal or a failure of no known kind."""
+    return classify(error) is Failure.TRANSIENT
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with jitter, and an optional deadline.
+class RetryPolicy(retry.RetryPolicy):
+    """The shared policy, retrying only :func:`transient` failures."""
 
-    Attributes:
-        initial_delay: seconds before the first retry.
-        multiplier: each delay is this many times the one before it.
-        max_delay: no delay is longer (before jitter).
-        jitter: fraction of each delay taken off at random (0: none; 0.5: between half and all of it).
-        deadline: seconds from the first attempt after which no attempt starts; ``None``: no limit.
-    """
-
-    initial_delay: float = 0.25
-    multiplier: float = 2.0
-    max_delay: float = 5.0
-    jitter: float = 0.5
-    deadline: float | None = None
-
-    def __post_init__(self) -> None:
-        if not (self.initial_delay > 0 and self.multiplier >= 1 and self.max_delay >= self.initial_delay):
-            raise ValueError(f"a retry policy needs 0 < initial_delay <= max_delay and multiplier >= 1: {self}")
-        if not 0 <= self.jitter < 1:
-            raise ValueError(f"jitter must be in [0, 1), got {self.jitter!r}")
-        if self.deadline is not None and not self.deadline >= 0:
-            raise ValueError(f"deadline must be a number of seconds >= 0, got {self.deadline!r}")
-
-    def with_deadline(self, seconds: float | None) -> RetryPolicy:
-        """The same delays, giving up ``seconds`` after the first attempt."""
-        return replace(self, deadline=seconds)
-
-    def delay(self, retry: int, rand: Callable[[], float] = random.random) -> float:
-        """Seconds to wait before retry number ``retry`` (1 for the first), jitter included."""
-        exponent = min(max(retry, 1) - 1, 64)  # 2**64 * any delay is past max_delay already
-        base = min(self.max_delay, self.initial_delay * self.multiplier**exponent)
-        return base * (1.0 - self.jitter * rand())
-
-    def delays(
-        self, clock: Callable[[], float] = time.monotonic, rand: Callable[[], float] = random.random
-    ) -> Iterator[float]:
-        """The waits of one sequence of attempts, started now; none that would start an attempt past the deadline."""
-        ends = None if self.deadline is None else clock() + self.deadline  # now, not at the first wait
-
-        def waits() -> Iterator[float]:
-            retry = 0
-            while True:
-                retry += 1
-                wait = self.delay(retry, rand)
-                if ends is not None and clock() + wait > ends:
-                    return
-                yield wait
-
-        return waits()
-
-    def call(
-        self,
-        attempt: Callable[[], T],
-        on_retry: Callable[[BaseException, float], object] | None = None,
-        sleep: Callable[[float], object] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
-        rand: Callable[[], float] = random.random,
-    ) -> T:
-        """``attempt()`` until it returns; transient failures are retried after each delay, until the deadline.
-
-        Any other failure (credentials, refused content, an unexpected exception) is raised at once;
-        the last transient one is raised when the deadline leaves no room for another attempt.
-        ``on_retry(error, wait)`` is called before each wait.
-        """
-        waits = self.delays(clock, rand)
-        while True:
-            try:
-                return attempt()
-            except Exception as error:
-                if classify(error) is not Failure.TRANSIENT:
-                    raise
-                wait = next(waits, None)
-                if wait is None:
-                    raise
-                if on_retry is not None:
-                    on_retry(error, wait)
-                sleep(wait)
-
-    def retry_after(self) -> int:
-        """The first delay in whole seconds, at least 1: what an HTTP ``Retry-After`` header can say."""
-        return max(1, math.ceil(self.initial_delay))
+    retryable: Callable[[BaseException], bool] = field(default=transient, compare=False, repr=False)
 
 
 RETRY = RetryPolicy()

@@ -2,7 +2,8 @@
 
 Lossless capture needs a few things the SDK's public API does not offer: a measurement with the
 value and time as given (the API's ``set`` drops NaN and stamps the collection time), the
-provider's Views and resource, an exporter's preferred temporality, a hook into the stock
+provider's Views and resource, an exporter's preferred temporality (and an OTLP exporter's
+resolved endpoint), a hook into the stock
 configurator's ``MeterProvider``, and silence for one warning that does not apply. Each function
 below does one of them and says why. No other module of this project touches SDK internals, so an
 SDK release that moves one of them breaks here only, and ``tests/instrumentation/test_sdk_compat.py``
@@ -135,6 +136,17 @@ def exporter_preferences(exporter: MetricExporter) -> tuple[dict[type, Any], dic
         return exporter._preferred_temporality, exporter._preferred_aggregation
     except AttributeError:
         raise UnsupportedSdkError("MetricExporter._preferred_temporality/_preferred_aggregation") from None
+
+
+def exporter_endpoint(exporter: MetricExporter) -> str | None:
+    """Where an OTLP exporter sends, as it resolved it (argument, ``OTEL_EXPORTER_OTLP_*``, default).
+
+    The OTLP exporters keep it only in ``_endpoint``. The durable exporter records it in each
+    journal so that what a dead process kept is only ever sent where it was meant to go. ``None``
+    for an exporter without one (then only its arguments tell destinations apart).
+    """
+    endpoint = getattr(exporter, "_endpoint", None)
+    return str(endpoint) if endpoint else None
 
 
 def sdk_configurator_class() -> type:

@@ -99,13 +99,10 @@ def _init_metrics(
         if cls is ConsoleMetricExporter or not export_process.enabled():
             readers.append(PeriodicExportingMetricReader(cls(**args)))
             continue
-        exporter_class: type = cls
-        if durable_exporter.wrapped(cls):  # journaled until the destination accepts (a collector outage)
-            exporter_class = durable_exporter.DurableMetricExporter
-            # One directory for the OTLP exporters (``otlp``, ``otlp_proto_http``, ``otlp_proto_grpc``).
-            directory_name = "otlp" if name.startswith("otlp") else name
-            args = {"exporter": durable_exporter.target(cls), "kwargs": args, "name": directory_name}
-        exporter = export_process.ProcessMetricExporter(exporter_class, args)
+        # OTLP: journaled until the destination accepts (a collector outage), one directory for
+        # ``otlp``, ``otlp_proto_http`` and ``otlp_proto_grpc``.
+        journal_name = "otlp" if name.startswith("otlp") else name
+        exporter = export_process.ProcessMetricExporter(*durable_exporter.in_export_process(cls, args, journal_name))
         interval = export_process.interval_millis()
         readers.append(PeriodicExportingMetricReader(exporter, export_interval_millis=interval))
     provider = meter_provider(readers, resource, **_sdk_compat.meter_configurator_option(meter_configurator))

@@ -11,11 +11,12 @@ wraps any push exporter (``"module:Class"`` and its keyword arguments) so that:
   pipe waits for the network;
 - a background thread hands the entries, oldest first, to the real exporter; an entry is
   acknowledged in the journal once that exporter returns SUCCESS (the journal file goes when all
-  are), and stays on FAILURE, retried in order with a capped back-off (:class:`RetryPolicy`);
+  are), and stays on FAILURE, retried in order after the delays of :data:`RETRY` (the project's
+  one :class:`~opentelemetry.instrumentation.tensorboard.retry.RetryPolicy`);
   after every ``probe_every`` failures the next entry is tried once, and if it is accepted the
   oldest is refused for good (a 400, a request too large: the exporter does not say why it
   failed), not delayed by an outage, and is dropped rather than holding back the rest for ever;
-- at shutdown it keeps trying for at most ``RetryPolicy.shutdown_seconds`` (10 s, or less if the
+- at shutdown it keeps trying for at most ``shutdown_seconds`` (10 s, or less if the
   shutdown's own timeout is shorter), then leaves the rest on disk and says once where, and that
   the next start sends it;
 - the first export of a process (the next instrumented process on the machine) first claims the
@@ -65,25 +66,16 @@ from opentelemetry.instrumentation.tensorboard.environment_variables import (
     read_text,
 )
 from opentelemetry.instrumentation.tensorboard.export_process import dumps
+from opentelemetry.instrumentation.tensorboard.retry import RetryPolicy
 
 _logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """When a kept export is tried again: ``first_delay`` s after the first failure, times ``factor``
-    after each further one, at most ``max_delay`` s apart; for at most ``shutdown_seconds`` at shutdown."""
-
-    first_delay: float = 1.0
-    factor: float = 2.0
-    max_delay: float = 30.0
-    shutdown_seconds: float = 10.0
-    shutdown_delay: float = 0.5  # between two tries while shutting down
-    probe_every: int = 3  # failures of the oldest entry after which the next one is tried once
-
-    def delay(self, failures: int) -> float:
-        """Seconds to wait after ``failures`` failures in a row (``failures`` >= 1)."""
-        return min(self.max_delay, self.first_delay * self.factor ** max(failures - 1, 0))
+RETRY = RetryPolicy(initial_delay=1.0, multiplier=2.0, max_delay=30.0)
+"""How often a kept export is tried again: 1 s after the first failure, doubling to 30 s, with jitter."""
+SHUTDOWN_SECONDS = 10.0  # how long shutdown keeps trying before it leaves the rest on disk
+SHUTDOWN_DELAY = 0.5  # seconds between two tries while shutting down
+PROBE_EVERY = 3  # failures of the oldest entry after which the next one is tried once
 
 
 def default_directory(name: str) -> Path:
@@ -99,6 +91,20 @@ def default_directory(name: str) -> Path:
 def wrapped(exporter_class: type[MetricExporter]) -> bool:
     """Whether the ``tensorboard`` configurator wraps this exporter: the OTLP ones."""
     return exporter_class.__module__.startswith("opentelemetry.exporter.otlp.")
+
+
+def in_export_process(
+    exporter_class: type[MetricExporter], kwargs: Mapping[str, Any], name: str
+) -> tuple[type[MetricExporter], dict[str, Any]]:
+    """The exporter class and arguments the export process runs for ``exporter_class(**kwargs)``.
+
+    The OTLP exporters (:func:`wrapped`) run inside :class:`DurableMetricExporter`, journaled under
+    ``name`` (``otlp`` for all of them); any other exporter as it is. The ``tensorboard``
+    configurator and ``tracelet.start_logging`` both ask here, so both routes keep the same exports.
+    """
+    if not wrapped(exporter_class):
+        return exporter_class, dict(kwargs)
+    return DurableMetricExporter, {"exporter": target(exporter_class), "kwargs": dict(kwargs), "name": name}
 
 
 def target(exporter_class: type) -> str:
@@ -158,6 +164,9 @@ class DurableMetricExporter(MetricExporter):
         directory: str | os.PathLike[str] | None = None,
         name: str | None = None,
         policy: RetryPolicy | None = None,
+        shutdown_seconds: float = SHUTDOWN_SECONDS,
+        shutdown_delay: float = SHUTDOWN_DELAY,
+        probe_every: int = PROBE_EVERY,
     ) -> None:
         self._target = exporter
         self._kwargs = dict(kwargs or {})
@@ -167,7 +176,10 @@ class DurableMetricExporter(MetricExporter):
         super().__init__(preferred_temporality=temporality, preferred_aggregation=aggregation)
         self._name = name or exporter_class.__name__.lower()
         self._directory = Path(directory).expanduser() if directory is not None else None
-        self.policy = policy or RetryPolicy()
+        self.policy = policy or RETRY
+        self.shutdown_seconds = shutdown_seconds
+        self.shutdown_delay = shutdown_delay
+        self.probe_every = probe_every
         self._cond = threading.Condition()
         self._pending: deque[_Entry] = deque()
         self._journal: journal.Journal | None = None
@@ -193,9 +205,8 @@ class DurableMetricExporter(MetricExporter):
 
     def destination(self) -> dict[str, Any]:
         """What a journal's entries were meant for; only journals of the same destination are recovered."""
-        endpoint = getattr(self._inner, "_endpoint", None)  # the OTLP exporters' resolved URL
         kwargs = {key: repr(value) for key, value in sorted(self._kwargs.items())}
-        return {"exporter": self._target, "kwargs": kwargs, "endpoint": str(endpoint) if endpoint else None}
+        return {"exporter": self._target, "kwargs": kwargs, "endpoint": _sdk_compat.exporter_endpoint(self._inner)}
 
     # MetricExporter ------------------------------------------------------------------------------
 
@@ -221,6 +232,20 @@ class DurableMetricExporter(MetricExporter):
             return self._inner.export(metrics_data, timeout_millis, **kwargs)
         return MetricExportResult.SUCCESS
 
+    def export_payload(self, payload: bytes) -> MetricExportResult:
+        """``export`` of a ``MetricsData`` already packed by :func:`~.export_process.dumps` (as the export
+        process's pipe carries it): journaled as it came, without unpacking and packing it again."""
+        with self._cond:
+            if self._closing:
+                return MetricExportResult.FAILURE
+            if not self._started:
+                self._start()
+            if not self._direct:
+                self._queue(self._append(payload))
+                self._cond.notify_all()
+                return MetricExportResult.SUCCESS
+        return self._inner.export(pickle.loads(payload))  # packed by this process's parent
+
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         """Waits until every export so far was accepted, at most ``timeout_millis``; whether it was."""
         deadline = time.monotonic() + timeout_millis / 1000
@@ -234,7 +259,7 @@ class DurableMetricExporter(MetricExporter):
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         """Sends what it can within the bound (see the module docstring), then keeps the rest on disk."""
-        seconds = min(timeout_millis / 1000, self.policy.shutdown_seconds)
+        seconds = min(timeout_millis / 1000, self.shutdown_seconds)
         with self._cond:
             if self._closing:
                 return
@@ -386,10 +411,10 @@ class DurableMetricExporter(MetricExporter):
                             self.policy.max_delay,
                         )
                     if self._closing:
-                        delay = self.policy.shutdown_delay
+                        delay = self.shutdown_delay
                         self._cond.wait(max(min(delay, self._deadline - time.monotonic()), 0))
                     else:
-                        if self._failures % self.policy.probe_every == 0 and len(self._pending) > 1:
+                        if self._failures % self.probe_every == 0 and len(self._pending) > 1:
                             self._cond.release()
                             try:
                                 refused = self._probe(entry)
@@ -439,7 +464,7 @@ class DurableMetricExporter(MetricExporter):
                 "tensorboard: %s refuses an export it was offered %d times while it accepts the one after it; "
                 "that export (in %s) is dropped",
                 self._describe(),
-                self.policy.probe_every + 1,
+                self.probe_every + 1,
                 head.journal.path if head.journal is not None else "memory",
             )
         return True

@@ -16,7 +16,9 @@ script's stdout. ``OTEL_PYTHON_TENSORBOARD_EXPORT_PROCESS=false`` keeps them in 
 Protocol, both ways a 4-byte length and a pickle (the pipe joins a process to the one it started):
 
 - to the helper: ``("config", dict)`` first, then ``("export", bytes)``, ``("flush", n, timeout)``,
-  ``("close", status, timeout)``;
+  ``("close", status, timeout)``; an exporter with an ``export_payload(bytes)`` method is handed
+  the export's pickle as it came (the durable exporter journals it unchanged), any other the
+  unpickled ``MetricsData``;
 - back: ``("log", level, logger, message)`` (the helper's log records, re-emitted through the
   exporting process's own ``logging``), ``("flushed", n, ok)``.
 
@@ -426,6 +428,7 @@ def main() -> None:
     sys.argv = list(config.get("argv") or [""])  # what the exporter reads of its script (run names, source)
     module, _, name = config["exporter"].partition(":")
     exporter: MetricExporter = getattr(importlib.import_module(module), name)(**config["kwargs"])
+    export_payload = getattr(exporter, "export_payload", None)
     status, timeout = lifecycle.KILLED, KILLED_GRACE
     try:
         while True:
@@ -435,7 +438,10 @@ def main() -> None:
                 break
             if message[0] == "export":
                 try:
-                    exporter.export(pickle.loads(message[1]))
+                    if export_payload is not None:  # it keeps the pickle as it came (the durable exporter)
+                        export_payload(message[1])
+                    else:
+                        exporter.export(pickle.loads(message[1]))
                 except Exception:  # an exporter must not take the helper down
                     _logger.exception("tensorboard: the export process's exporter failed")
             elif message[0] == "flush":
