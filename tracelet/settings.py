@@ -38,8 +38,9 @@ class TraceletSettings(BaseSettings):
     export_interval: float | None = Field(
         None,
         gt=0,
-        description="seconds between two exports of the push backends (default 5; a killed job loses at most that, "
-        "and TensorBoard's own file keeps it for tracelet import)",
+        description="seconds between two exports of the push backends (default 0.5 for mlflow and otlp, whose "
+        "exporters run in a helper process, 5 otherwise; a killed job loses about that, and TensorBoard's own file "
+        "keeps it for tracelet import)",
     )
     patch_tensorboard: bool = Field(True, description="capture SummaryWriter calls")
     system_metrics: bool = Field(

@@ -56,7 +56,7 @@ def test_zero_code_hands_off_every_half_second_unless_the_sdk_variable_says_othe
     _zero_code()
     (helper, helper_ms), (console, console_ms) = readers.built
     assert isinstance(helper, ProcessMetricExporter)
-    assert helper_ms == export_process.HANDOFF_INTERVAL * 1000 == 5000
+    assert helper_ms == export_process.HANDOFF_INTERVAL * 1000 == 500
     assert isinstance(console, ConsoleMetricExporter)
     assert console_ms is None  # the SDK's own default (OTEL_METRIC_EXPORT_INTERVAL, else 60 s)
 
@@ -78,8 +78,8 @@ def test_zero_code_in_process_exporters_keep_the_sdk_default(readers: Readers, m
 @pytest.mark.parametrize(
     ("backend", "export_interval", "helper", "expected_ms"),
     [
-        ("mlflow", None, True, 5000),
-        ("otlp", None, True, 5000),
+        ("mlflow", None, True, 500),
+        ("otlp", None, True, 500),
         ("console", None, False, 5000),
         ("mlflow", 2.0, True, 2000),
         ("console", 0.25, False, 250),

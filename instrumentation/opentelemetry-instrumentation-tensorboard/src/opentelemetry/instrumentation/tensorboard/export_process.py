@@ -32,14 +32,15 @@ the training script) and runs at a lower CPU priority, so training wins a conten
 helper can be started the exporter runs in process, as it would unwrapped.
 
 Hand-off interval: a point is safe from a SIGKILL of the training process (out of memory, a
-preempted node) once it is in the helper, whose exporter keeps it (the MLflow exporter's journal).
-Readers whose exporter runs in the helper collect every ``HANDOFF_INTERVAL`` seconds (5) unless an
-interval is configured (``OTEL_METRIC_EXPORT_INTERVAL``, ``start_logging(export_interval=...)``):
-a killed training process loses at most that much, not the SDK's 60 s default, and TensorBoard's
-own event file still holds that tail for ``tracelet import``. Shorter intervals cost the training
-process more than their collections alone explain (``benchmarks/bench_training_loop.py`` with
-``server@0.5`` against ``server``: about +0.15 to +0.2 of TensorBoard's own cost per step), so 5 s
-stays the default until a hand-off is cheap.
+preempted node) once it is in the helper, whose exporter keeps it (the MLflow exporter's journal,
+the durable exporter's for OTLP). Readers whose exporter runs in the helper collect every
+``HANDOFF_INTERVAL`` seconds (0.5) unless an interval is configured (``OTEL_METRIC_EXPORT_INTERVAL``,
+``start_logging(export_interval=...)``): a killed training process loses about that much, not the
+SDK's 60 s default, and TensorBoard's own event file still holds that tail for ``tracelet import``.
+A hand-off costs the training process what its collection costs, and that is per point, not per
+hand-off (``benchmarks/bench_training_loop.py --routes server@5,server@0.5``: the export threads
+take the same CPU per second at both intervals); the exporters keep their own pace towards the
+backend (the MLflow exporter's ``schedule_delay``), so a short hand-off does not multiply requests.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ from opentelemetry.instrumentation.tensorboard.environment_variables import (
 _logger = logging.getLogger(__name__)
 
 EXPORT_PROCESS_ENV = OTEL_PYTHON_TENSORBOARD_EXPORT_PROCESS  # the name this module has always exported
-HANDOFF_INTERVAL = 5.0  # seconds between two collections handed to the helper, unless configured
+HANDOFF_INTERVAL = 0.5  # seconds between two collections handed to the helper, unless configured
 KILLED_GRACE = 10.0  # seconds the helper exports after its parent was killed; then it shuts the exporter down
 _HEADER = struct.Struct(">I")
 _AUTO_INSTRUMENTATION = os.path.join("opentelemetry", "instrumentation", "auto_instrumentation")

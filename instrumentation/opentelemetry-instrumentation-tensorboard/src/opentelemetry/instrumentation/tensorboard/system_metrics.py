@@ -33,7 +33,7 @@ system metrics arriving through the same collector make no MLflow run):
   ``hw.temperature``, per ``hw.id``). Without NVML or a GPU one log line says so.
 
 Sampling. An observable instrument is observed whenever a reader collects, and the readers of
-the push backends collect at the hand-off interval (5 s by default, often less when configured). A reader has one
+the push backends collect at the hand-off interval (0.5 s by default, or as configured). A reader has one
 interval for every instrument, and the SDK has no per-instrument interval. So the instruments'
 callbacks are gated: :func:`pace` wraps the ``collect`` of each periodic reader (the push
 backends) so that one of its collections per interval is a *sampling* collection, and the
