@@ -143,7 +143,8 @@ def kill_once(root: Path, spec: str, index: int) -> dict[str, float]:
         "duplicated": sum(n - 1 for n in steps.values()),
         "tensorboard": tensorboard,
         "lost_s": (logged - landed) * step_time,
-        "lost_after_import_s": (logged - len(after)) * step_time,
+        # The counter is written after each step's add_scalar calls: MLflow may hold one step more.
+        "lost_after_import_s": max(logged - len(after), 0) * step_time,
         "duplicated_after_import": sum(n - 1 for n in after.values()),
         "runs_after_import": len(runs_after),
         "status": runs[0].info.status if runs else "none",
