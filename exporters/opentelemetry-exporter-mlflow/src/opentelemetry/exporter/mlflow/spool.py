@@ -49,6 +49,7 @@ from opentelemetry.exporter.mlflow.mapping import RunBatch, RunKey
 from opentelemetry.exporter.mlflow.retry import RETRY
 from opentelemetry.exporter.mlflow.tracking_uri import default_tracking_uri, public_uri
 from opentelemetry.exporter.mlflow.writer import MlflowWriter
+from opentelemetry.instrumentation.tensorboard.journal import fsync_dir
 
 try:
     import fcntl
@@ -178,7 +179,7 @@ class Spool:
             with suppress(OSError):
                 temporary.unlink()  # a full disk keeps no partial segment
             raise
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         return path
 
     def open_journal(self) -> tuple[Path, IO[str]]:
@@ -191,7 +192,7 @@ class Spool:
         file.write(json.dumps({**self.header, "journal": True}) + "\n")
         file.flush()
         os.fsync(file.fileno())
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         return path, file
 
     def prepend(self, path: Path, entries: list[Entry]) -> None:
@@ -205,7 +206,7 @@ class Spool:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     def _hold_lock(self) -> None:
         if self._lock is not None or fcntl is None:
@@ -300,15 +301,6 @@ class Journal:
         if path is not None:
             with suppress(OSError):
                 path.unlink()
-
-
-def _fsync_dir(directory: Path) -> None:
-    with suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _claim(directory: Path, prefix: str) -> IO[str] | None:

@@ -222,7 +222,7 @@ class Journal:
             header = json.dumps(self._header).encode()
             _write_all(fd, record(HEADER, 0, header))
             os.fsync(fd)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
             size = os.fstat(fd).st_size
         self._fd, self._size = fd, size
 
@@ -365,7 +365,8 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Makes files created or removed in ``directory`` survive a power loss (best effort)."""
     with suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
         try:
