@@ -15,7 +15,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from route_support import PACED, SCALAR_SERIES, finished, instrumented
+from route_support import INSTRUMENT, PACED, SCALAR_SERIES, finished, instrumented
 from support.collector import Collector, free_port
 from support.env import subprocess_env
 from support.prometheus import Prometheus
@@ -112,6 +112,48 @@ def test_the_in_process_backend_gives_its_series_the_same_run_labels(tmp_path: P
             counters = prometheus.wait_for("tensorboard_points_total")
             assert {item["metric"]["mlflow_run_name"] for item in counters} == {"lr-0.1"}
 
+            (joined,) = prometheus.wait_for(JOIN.format(selector='mlflow_run_name="lr-0.1"'))
+            assert joined["metric"]["mlflow_user"] == getpass.getuser()
+    finally:
+        (tmp_path / "stop").touch()
+        training.wait(timeout=60)
+    assert training.returncode == 0
+
+
+ZERO_CODE = """
+import time
+from pathlib import Path
+from torch.utils.tensorboard import SummaryWriter
+
+writer = SummaryWriter("runs/train")
+step = 0
+while not Path("stop").exists():
+    writer.add_scalar("loss", 1.0 / (step + 1), step)
+    step += 1
+    time.sleep(0.05)
+"""
+
+
+def test_zero_code_prometheus_gives_its_series_the_same_run_labels(tmp_path: Path, experiment: str) -> None:
+    """``OTEL_METRICS_EXPORTER=prometheus opentelemetry-instrument``: the SDK's reader, with the run as labels."""
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(ZERO_CODE))
+    port = free_port()
+    env = subprocess_env(
+        OTEL_METRICS_EXPORTER="prometheus",
+        OTEL_EXPORTER_PROMETHEUS_HOST="127.0.0.1",
+        OTEL_EXPORTER_PROMETHEUS_PORT=str(port),
+        OTEL_RESOURCE_ATTRIBUTES="mlflow.run.name=lr-0.1",
+        MLFLOW_EXPERIMENT_NAME=experiment,
+    )
+    training = subprocess.Popen([str(INSTRUMENT), sys.executable, str(script)], cwd=tmp_path, env=env)
+    try:
+        with Prometheus(tmp_path / "prometheus", [f"127.0.0.1:{port}"], job_name="train") as prometheus:
+            (series,) = prometheus.wait_for('tensorboard_scalar{tensorboard_tag="loss"}')
+            labels = series["metric"]
+            assert labels["mlflow_run_name"] == "lr-0.1"
+            assert labels["mlflow_experiment_name"] == experiment
+            assert not NOT_LABELS & set(labels), labels
             (joined,) = prometheus.wait_for(JOIN.format(selector='mlflow_run_name="lr-0.1"'))
             assert joined["metric"]["mlflow_user"] == getpass.getuser()
     finally:

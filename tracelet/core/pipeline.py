@@ -40,7 +40,12 @@ from opentelemetry.instrumentation.tensorboard import (
     export_process,
     system_metrics,
 )
-from opentelemetry.instrumentation.tensorboard.configurator import console_json, default_service_name, meter_provider
+from opentelemetry.instrumentation.tensorboard.configurator import (
+    PROMETHEUS_LABELS,
+    console_json,
+    default_service_name,
+    meter_provider,
+)
 from opentelemetry.instrumentation.tensorboard.export_process import ProcessMetricExporter
 from opentelemetry.instrumentation.tensorboard.reservoir import has_views
 from tracelet.settings import TraceletSettings
@@ -213,13 +218,6 @@ def _otlp(settings: TraceletSettings, _pipeline: Pipeline) -> MetricReader:
 
     exporter, _ = _pushed(OTLPMetricExporter, endpoint=otlp_url(settings.otlp_endpoint))
     return PeriodicExportingMetricReader(exporter, export_interval_millis=_interval_ms(settings, exporter))
-
-
-# The resource attributes every series carries as labels (mlflow_experiment_name, mlflow_run_name,
-# distributed_rank), as the collector's prometheus exporter adds them (otel-collector.yaml): they name
-# the job's MLflow run and add no series, being fixed for the life of the process. The rest of the
-# resource is on target_info.
-PROMETHEUS_LABELS = frozenset({EXPERIMENT_NAME, RUN_NAME, RANK})
 
 
 def _prometheus(settings: TraceletSettings, pipeline: Pipeline) -> MetricReader:

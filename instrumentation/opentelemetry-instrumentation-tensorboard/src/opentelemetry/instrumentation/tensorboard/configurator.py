@@ -38,7 +38,11 @@ from opentelemetry.instrumentation.environment_variables import (
     OTEL_PYTHON_DISABLED_INSTRUMENTATIONS,
 )
 from opentelemetry.metrics import set_meter_provider
-from opentelemetry.sdk.environment_variables import OTEL_EXPERIMENTAL_RESOURCE_DETECTORS
+from opentelemetry.sdk.environment_variables import (
+    OTEL_EXPERIMENTAL_RESOURCE_DETECTORS,
+    OTEL_EXPORTER_PROMETHEUS_HOST,
+    OTEL_EXPORTER_PROMETHEUS_PORT,
+)
 from opentelemetry.sdk.metrics import AlwaysOnExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
@@ -94,7 +98,7 @@ def _init_metrics(
         if cls is ConsoleMetricExporter:
             args = {"formatter": console_json, **args}
         if issubclass(cls, MetricReader):
-            readers.append(cls(**args))
+            readers.append(prometheus_reader() if _is_prometheus(cls) else cls(**args))
             continue
         if cls is ConsoleMetricExporter or not export_process.enabled():
             readers.append(PeriodicExportingMetricReader(cls(**args)))
@@ -109,6 +113,35 @@ def _init_metrics(
     set_meter_provider(provider)
     if system_metrics.enabled():
         system_metrics.start(provider, readers)
+
+
+PROMETHEUS_LABELS = frozenset({"mlflow.experiment.name", "mlflow.run.name", "distributed.rank"})
+"""The resource attributes every Prometheus series carries as labels (``mlflow_experiment_name``,
+``mlflow_run_name``, ``distributed_rank``), as the collector's prometheus exporter adds them
+(``otel-collector.yaml``): they name the job's MLflow run and add no series, being fixed for the life
+of the process. The rest of the resource is on ``target_info``."""
+
+
+def _is_prometheus(reader_class: type) -> bool:
+    return reader_class.__module__.split(".")[:3] == ["opentelemetry", "exporter", "prometheus"]
+
+
+def prometheus_reader() -> MetricReader:
+    """``OTEL_METRICS_EXPORTER=prometheus``: the SDK's reader, its series labelled with :data:`PROMETHEUS_LABELS`.
+
+    The entry point's own reader takes no arguments, so it would keep the run on ``target_info``
+    only. This one serves where that one does: ``OTEL_EXPORTER_PROMETHEUS_HOST`` (``localhost``) and
+    ``OTEL_EXPORTER_PROMETHEUS_PORT`` (9464).
+    """
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
+    from prometheus_client import start_http_server  # noqa: PLC0415
+
+    reader = PrometheusMetricReader(resource_attribute_filter=PROMETHEUS_LABELS.__contains__)
+    start_http_server(
+        port=int(os.environ.get(OTEL_EXPORTER_PROMETHEUS_PORT, "9464")),
+        addr=os.environ.get(OTEL_EXPORTER_PROMETHEUS_HOST, "localhost"),
+    )
+    return reader
 
 
 def default_service_name() -> str | None:
