@@ -72,7 +72,16 @@ def test_two_jobs_of_one_script_through_the_collector_carry_their_run_names(
         assert joined["metric"]["mlflow_run_name"] == "lr-0.1"
 
 
-IN_PROCESS = """
+LOOP = """
+writer = SummaryWriter("runs/train")
+step = 0
+while not Path("stop").exists():
+    writer.add_scalar("loss", 1.0 / (step + 1), step)
+    step += 1
+    time.sleep(0.05)
+"""
+IN_PROCESS = (
+    """
 import time
 from pathlib import Path
 import tracelet
@@ -80,14 +89,10 @@ from torch.utils.tensorboard import SummaryWriter
 
 exp = tracelet.start_logging(exp_name="lr-0.1", project="{experiment}", backend="prometheus", prometheus_port=0)
 print(exp.prometheus_url, flush=True)
-writer = SummaryWriter("runs/train")
-step = 0
-while not Path("stop").exists():
-    writer.add_scalar("loss", 1.0 / (step + 1), step)
-    step += 1
-    time.sleep(0.05)
-tracelet.stop_logging()
 """
+    + LOOP
+    + "tracelet.stop_logging()\n"
+)
 
 
 def test_the_in_process_backend_gives_its_series_the_same_run_labels(tmp_path: Path, experiment: str) -> None:
@@ -120,18 +125,14 @@ def test_the_in_process_backend_gives_its_series_the_same_run_labels(tmp_path: P
     assert training.returncode == 0
 
 
-ZERO_CODE = """
+ZERO_CODE = (
+    """
 import time
 from pathlib import Path
 from torch.utils.tensorboard import SummaryWriter
-
-writer = SummaryWriter("runs/train")
-step = 0
-while not Path("stop").exists():
-    writer.add_scalar("loss", 1.0 / (step + 1), step)
-    step += 1
-    time.sleep(0.05)
 """
+    + LOOP
+)
 
 
 def test_zero_code_prometheus_gives_its_series_the_same_run_labels(tmp_path: Path, experiment: str) -> None:
