@@ -95,6 +95,18 @@ print(exp.prometheus_url, flush=True)
 )
 
 
+def _loss_labels_and_join(prometheus: Prometheus, experiment: str) -> dict[str, str]:
+    """The labels of run lr-0.1's loss series, checked: the run's own, nothing else of the resource; the join works."""
+    (series,) = prometheus.wait_for('tensorboard_scalar{tensorboard_tag="loss"}')
+    labels = series["metric"]
+    assert labels["mlflow_run_name"] == "lr-0.1"
+    assert labels["mlflow_experiment_name"] == experiment
+    assert not NOT_LABELS & set(labels), labels
+    (joined,) = prometheus.wait_for(JOIN.format(selector='mlflow_run_name="lr-0.1"'))
+    assert joined["metric"]["mlflow_user"] == getpass.getuser()
+    return labels
+
+
 def test_the_in_process_backend_gives_its_series_the_same_run_labels(tmp_path: Path, experiment: str) -> None:
     script = tmp_path / "train.py"
     script.write_text(textwrap.dedent(IN_PROCESS.format(experiment=experiment)))
@@ -106,19 +118,12 @@ def test_the_in_process_backend_gives_its_series_the_same_run_labels(tmp_path: P
         assert url.endswith("/metrics"), url
         target = url.removeprefix("http://").removesuffix("/metrics")
         with Prometheus(tmp_path / "prometheus", [target], job_name="train") as prometheus:
-            (series,) = prometheus.wait_for('tensorboard_scalar{tensorboard_tag="loss"}')
-            labels = series["metric"]
-            assert labels["mlflow_run_name"] == "lr-0.1"
-            assert labels["mlflow_experiment_name"] == experiment
+            labels = _loss_labels_and_join(prometheus, experiment)
             assert "distributed_rank" not in labels  # not a distributed job
-            assert not NOT_LABELS & set(labels), labels
             assert RUN_LABELS & set(labels) == {"mlflow_run_name", "mlflow_experiment_name"}
             # Every series of the process, the point counters included, names the run.
             counters = prometheus.wait_for("tensorboard_points_total")
             assert {item["metric"]["mlflow_run_name"] for item in counters} == {"lr-0.1"}
-
-            (joined,) = prometheus.wait_for(JOIN.format(selector='mlflow_run_name="lr-0.1"'))
-            assert joined["metric"]["mlflow_user"] == getpass.getuser()
     finally:
         (tmp_path / "stop").touch()
         training.wait(timeout=60)
@@ -150,13 +155,7 @@ def test_zero_code_prometheus_gives_its_series_the_same_run_labels(tmp_path: Pat
     training = subprocess.Popen([str(INSTRUMENT), sys.executable, str(script)], cwd=tmp_path, env=env)
     try:
         with Prometheus(tmp_path / "prometheus", [f"127.0.0.1:{port}"], job_name="train") as prometheus:
-            (series,) = prometheus.wait_for('tensorboard_scalar{tensorboard_tag="loss"}')
-            labels = series["metric"]
-            assert labels["mlflow_run_name"] == "lr-0.1"
-            assert labels["mlflow_experiment_name"] == experiment
-            assert not NOT_LABELS & set(labels), labels
-            (joined,) = prometheus.wait_for(JOIN.format(selector='mlflow_run_name="lr-0.1"'))
-            assert joined["metric"]["mlflow_user"] == getpass.getuser()
+            _loss_labels_and_join(prometheus, experiment)
     finally:
         (tmp_path / "stop").touch()
         training.wait(timeout=60)
