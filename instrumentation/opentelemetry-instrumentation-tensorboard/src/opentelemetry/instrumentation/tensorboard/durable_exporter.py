@@ -44,7 +44,6 @@ the exporter exports directly, as unwrapped, and says so once.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import pickle
@@ -65,7 +64,7 @@ from opentelemetry.instrumentation.tensorboard.environment_variables import (
     OTEL_PYTHON_TENSORBOARD_JOURNAL_DIR,
     read_text,
 )
-from opentelemetry.instrumentation.tensorboard.export_process import dumps
+from opentelemetry.instrumentation.tensorboard.export_process import dumps, load, target
 from opentelemetry.instrumentation.tensorboard.retry import RetryPolicy
 
 _logger = logging.getLogger(__name__)
@@ -105,20 +104,6 @@ def in_export_process(
     if not wrapped(exporter_class):
         return exporter_class, dict(kwargs)
     return DurableMetricExporter, {"exporter": target(exporter_class), "kwargs": dict(kwargs), "name": name}
-
-
-def target(exporter_class: type) -> str:
-    """``module:Class``, the way :class:`DurableMetricExporter` names the exporter it wraps."""
-    return f"{exporter_class.__module__}:{exporter_class.__qualname__}"
-
-
-def load(exporter: str) -> type[MetricExporter]:
-    """The class ``"module:Class"`` names."""
-    module, _, name = exporter.partition(":")
-    found: Any = importlib.import_module(module)
-    for part in name.split("."):
-        found = getattr(found, part)
-    return found
 
 
 def points(data: MetricsData) -> int:

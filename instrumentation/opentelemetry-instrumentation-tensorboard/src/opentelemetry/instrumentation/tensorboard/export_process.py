@@ -84,6 +84,20 @@ _HEADER = struct.Struct(">I")
 _AUTO_INSTRUMENTATION = os.path.join("opentelemetry", "instrumentation", "auto_instrumentation")
 
 
+def target(exporter_class: type) -> str:
+    """``module:Class``: how an exporter class is named to the helper, which imports it afresh."""
+    return f"{exporter_class.__module__}:{exporter_class.__qualname__}"
+
+
+def load(name: str) -> type[MetricExporter]:
+    """The class ``"module:Class"`` (see :func:`target`) names."""
+    module, _, qualname = name.partition(":")
+    found: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found
+
+
 def enabled() -> bool:
     """Whether push exporters go to a helper process (``OTEL_PYTHON_TENSORBOARD_EXPORT_PROCESS``, default true)."""
     return read_flag(OTEL_PYTHON_TENSORBOARD_EXPORT_PROCESS, True)
@@ -158,7 +172,7 @@ class ProcessMetricExporter(MetricExporter):
         # The reader collects what the real exporter prefers (the MLflow exporter: DELTA).
         temporality, aggregation = _sdk_compat.exporter_preferences(self._local)
         super().__init__(preferred_temporality=temporality, preferred_aggregation=aggregation)
-        self._target = f"{exporter_class.__module__}:{exporter_class.__qualname__}"
+        self._target = target(exporter_class)
         self._pid = os.getpid()
         self._proc: subprocess.Popen[bytes] | None = None
         self._in_process = False
@@ -427,8 +441,7 @@ def main() -> None:
         return
     config: dict[str, Any] = first[1]
     sys.argv = list(config.get("argv") or [""])  # what the exporter reads of its script (run names, source)
-    module, _, name = config["exporter"].partition(":")
-    exporter: MetricExporter = getattr(importlib.import_module(module), name)(**config["kwargs"])
+    exporter: MetricExporter = load(config["exporter"])(**config["kwargs"])
     export_payload = getattr(exporter, "export_payload", None)
     status, timeout = lifecycle.KILLED, KILLED_GRACE
     try:
